@@ -1,0 +1,111 @@
+"""The conversions behind ``pylo-convert`` (usable from Python too)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from pylo.checkpoint_io import FORMAT_VERSION, META_KEY, write_bytes_atomic, write_checkpoint
+from pylo.converters import flax_msgpack
+from pylo.converters.mappings import Family, family_for, guess_family
+from pylo.converters.sources import Source, read_source, wrap
+from pylo.converters.tree import array_leaves, flatten, path_str
+from pylo.errors import CheckpointError
+
+CONTAINERS = ("auto", "bare", "parameter-checkpoint", "tuple")
+
+
+def _family_of_torch_source(source: Source, optimizer: Optional[str]) -> Family:
+    recorded = source.checkpoint.optimizer
+    if optimizer is None and recorded is None:
+        raise CheckpointError(f"{source.path}: checkpoint does not say which optimizer it is for; pass --optimizer")
+    fam = family_for(optimizer or recorded)
+    if recorded is not None and recorded not in fam.optimizers:
+        raise CheckpointError(f"{source.path}: checkpoint is for {recorded!r}, not {optimizer!r}")
+    return fam
+
+
+def convert(src, dst, optimizer: str, *, overwrite: bool = False) -> Path:
+    """Convert ``src`` (any supported input) to a pylo checkpoint folder ``dst``.
+
+    Returns the folder. Nothing is written if any check fails.
+    """
+    fam = family_for(optimizer)
+    source = read_source(src)
+    if source.is_jax:
+        config, tensors = fam.to_torch(source.theta, source.path)
+        origin = {"format": source.format, "container": source.container, **source.meta,
+                  "file": Path(source.path).name}
+        if source.gin_config is not None:
+            origin["config.gin"] = source.gin_config
+    else:
+        _family_of_torch_source(source, optimizer)
+        theta = fam.to_jax(source.checkpoint.config, source.checkpoint.tensors, source.path)  # validates
+        config, tensors = fam.to_torch(theta, source.path)
+        origin = dict(source.checkpoint.config.get(META_KEY, {}).get("source", {})) or {
+            "format": "pylo/PyLO hub folder", "file": Path(source.path).name}
+    config[META_KEY] = {"optimizer": optimizer, "format_version": FORMAT_VERSION, "source": origin}
+    return write_checkpoint(dst, config, tensors, overwrite=overwrite)
+
+
+def to_jax(src, dst, optimizer: Optional[str] = None, *, container: str = "auto", overwrite: bool = False) -> Path:
+    """Write a pylo (or published PyLO) checkpoint back as upstream flax msgpack."""
+    if container not in CONTAINERS:
+        raise CheckpointError(f"container must be one of {', '.join(CONTAINERS)}")
+    source = read_source(src)
+    if source.is_jax:
+        raise CheckpointError(f"{source.path}: already a JAX checkpoint ({source.format})")
+    fam = _family_of_torch_source(source, optimizer)
+    ckpt = source.checkpoint
+    theta = fam.to_jax(ckpt.config, ckpt.tensors, source.path)
+    origin = ckpt.config.get(META_KEY, {}).get("source", {})
+    kind = {"bare": "bare theta", "parameter-checkpoint": "ParameterCheckpoint", "tuple": "tuple"}.get(
+        container, origin.get("container", "bare theta"))
+    return write_bytes_atomic(dst, flax_msgpack.dumps(wrap(theta, kind, origin)), overwrite=overwrite)
+
+
+def inspect_source(src) -> str:
+    """A readable account of a checkpoint: format, container, tree, and what it looks like."""
+    source = read_source(src)
+    lines: List[str] = [f"path:      {source.path}", f"format:    {source.format}"]
+    if source.is_jax:
+        lines.append(f"container: {source.container}"
+                     + "".join(f", {k}={v}" for k, v in source.meta.items() if k in ("gen_id", "step")))
+        if source.gin_config is not None:
+            lines.append("config.gin: present beside the file")
+        lines.append("tree:")
+        total = 0
+        for path, leaf in flatten(source.theta):
+            if isinstance(leaf, np.ndarray):
+                total += leaf.size
+                lines.append(f"  {path_str(path):<45} {str(tuple(leaf.shape)):<16} {leaf.dtype}")
+            else:
+                lines.append(f"  {path_str(path):<45} {type(leaf).__name__} {leaf!r}")
+        lines.append(f"total:     {total} values in {len(array_leaves(source.theta))} arrays")
+        lines.append("looks like: " + _looks_like(source.theta))
+    else:
+        ckpt = source.checkpoint
+        meta = ckpt.config.get(META_KEY)
+        lines.append("kind:      " + ("pylo checkpoint folder" if meta else "PyTorchModelHubMixin folder (PyLO hub layout)"))
+        lines.append("config:    " + ", ".join(f"{k}={v}" for k, v in sorted(ckpt.config.items()) if k != META_KEY))
+        lines.append("tensors:")
+        for key in sorted(ckpt.tensors):
+            t = ckpt.tensors[key]
+            lines.append(f"  {key:<45} {str(tuple(t.shape)):<16} {str(t.dtype).replace('torch.', '')}")
+        if meta:
+            lines.append(f"looks like: {meta.get('optimizer')} checkpoint written by pylo-convert")
+    return "\n".join(lines)
+
+
+def _looks_like(theta: Dict) -> str:
+    fam = guess_family(theta)
+    if fam is None:
+        return "no known learned optimizer"
+    try:
+        config = fam.infer_config(array_leaves(theta))
+        fam.to_torch(theta, "theta")
+    except CheckpointError as e:
+        return f"{fam.name}, but it does not convert: {e}"
+    return f"{fam.describe(config)}  -> pylo-convert SRC DST --optimizer {fam.optimizers[0]}"

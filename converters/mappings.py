@@ -1,0 +1,233 @@
+"""Key-mapping tables between upstream JAX theta trees and pylo's torch state dicts.
+
+One :class:`Family` per meta-network layout. A family infers its geometry from
+the theta shapes, lists every tensor as a :class:`TensorRule` (JAX path, torch
+key, transpose, expected JAX shape) and every non-tensor value as a
+:class:`ConfigRule`, and refuses missing, extra or wrongly shaped entries with
+a one-line error naming them. The transposes are spelled out: Haiku linear
+weights are ``(in, out)``, ``torch.nn.Linear.weight`` is ``(out, in)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from pylo.converters.tree import Path, array_leaves, path_str, unflatten
+from pylo.errors import CheckpointError
+
+
+@dataclass(frozen=True)
+class TensorRule:
+    jax_path: Path
+    torch_key: str
+    jax_shape: Tuple[int, ...]
+    transpose: bool = False  # Haiku (in, out) <-> nn.Linear (out, in)
+
+    def to_torch(self, array: np.ndarray) -> torch.Tensor:
+        array = np.ascontiguousarray(array.T if self.transpose else array, dtype=np.float32)
+        return torch.from_numpy(array.copy())
+
+    def to_jax(self, tensor: torch.Tensor) -> np.ndarray:
+        array = tensor.detach().to(torch.float32).cpu().numpy()
+        return np.ascontiguousarray(array.T if self.transpose else array)
+
+
+@dataclass(frozen=True)
+class ConfigRule:
+    """A small theta array stored as a list in the torch config (e.g. learned decay offsets)."""
+
+    jax_path: Path
+    config_key: str
+    jax_shape: Tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Family:
+    """A meta-network layout shared by one or more optimizers."""
+
+    name: str
+    optimizers: Tuple[str, ...]
+    looks_like: Callable[[Dict[Path, np.ndarray]], bool]
+    infer_config: Callable[[Dict[Path, np.ndarray]], Dict]
+    rules: Callable[[Dict], Tuple[List[TensorRule], List[ConfigRule]]]
+    describe: Callable[[Dict], str]
+    #: geometry from torch tensors, for published hub folders whose config lacks it
+    infer_torch_config: Optional[Callable[[Dict[str, torch.Tensor]], Dict]] = None
+    #: values for ConfigRules that a torch checkpoint may lack (e.g. published defaults)
+    config_defaults: Optional[Callable[[], Dict]] = None
+    #: namedtuple nodes whose keys keep their field order when written (others are sorted, as Haiku does)
+    field_orders: Tuple[Tuple[Path, Tuple[str, ...]], ...] = ()
+
+    # ------------------------------------------------------------ JAX -> torch
+    def to_torch(self, theta: Dict, origin: str) -> Tuple[Dict, Dict[str, torch.Tensor]]:
+        leaves = array_leaves(theta)
+        non_arrays = [path_str(p) for p, v in _all_leaves(theta) if not isinstance(v, np.ndarray)]
+        if non_arrays:
+            raise CheckpointError(f"{origin}: non-array entries in theta: {', '.join(non_arrays)}")
+        config = self.infer_config(leaves)
+        tensor_rules, config_rules = self.rules(config)
+        expected = {r.jax_path: r for r in [*tensor_rules, *config_rules]}
+        _check_keys(origin, self.name, set(leaves), set(expected))
+        for path, rule in expected.items():
+            _check_shape(origin, path, leaves[path].shape, rule.jax_shape)
+            if not np.issubdtype(leaves[path].dtype, np.floating):
+                raise CheckpointError(f"{origin}: {path_str(path)} has dtype {leaves[path].dtype}, expected float")
+        tensors = {r.torch_key: r.to_torch(leaves[r.jax_path]) for r in tensor_rules}
+        for r in config_rules:
+            config[r.config_key] = [float(x) for x in leaves[r.jax_path].astype(np.float32).ravel()]
+        return config, tensors
+
+    # ------------------------------------------------------------ torch -> JAX
+    def to_jax(self, config: Dict, tensors: Dict[str, torch.Tensor], origin: str) -> Dict:
+        if self.infer_torch_config is not None:
+            config = {**self.infer_torch_config(tensors), **config}
+        try:
+            tensor_rules, config_rules = self.rules(config)
+        except KeyError as e:
+            raise CheckpointError(f"{origin}: config lacks {e.args[0]!r}") from None
+        wanted = {r.torch_key for r in tensor_rules}
+        have = set(tensors)
+        if wanted != have:
+            missing, extra = sorted(wanted - have), sorted(have - wanted)
+            raise CheckpointError(f"{origin}: tensors do not match {self.name}: "
+                                  + "; ".join(filter(None, [missing and f"missing {', '.join(missing)}",
+                                                            extra and f"unexpected {', '.join(extra)}"])))
+        items: Dict[Path, np.ndarray] = {}
+        for r in tensor_rules:
+            items[r.jax_path] = r.to_jax(tensors[r.torch_key])
+            _check_shape(origin, r.jax_path, items[r.jax_path].shape, r.jax_shape)
+        defaults = self.config_defaults() if self.config_defaults else {}
+        for r in config_rules:
+            values = config.get(r.config_key, defaults.get(r.config_key))
+            if values is None:
+                raise CheckpointError(f"{origin}: config lacks {r.config_key!r}, needed for {path_str(r.jax_path)}")
+            items[r.jax_path] = np.asarray(values, dtype=np.float32).reshape(r.jax_shape)
+        return _ordered(unflatten(items), dict(self.field_orders))
+
+
+def _ordered(tree, field_orders: Dict[Path, Tuple[str, ...]], path: Path = ()):
+    """Keys sorted as in upstream files (Haiku dicts), namedtuple fields in field order."""
+    if not isinstance(tree, dict):
+        return tree
+    order = field_orders.get(path) or sorted(tree)
+    return {k: _ordered(tree[k], field_orders, path + (k,)) for k in order}
+
+
+def _all_leaves(tree, prefix=()):
+    if isinstance(tree, dict):
+        for k in sorted(tree, key=str):
+            yield from _all_leaves(tree[k], prefix + (str(k),))
+    else:
+        yield prefix, tree
+
+
+def _check_keys(origin: str, family: str, have: set, want: set) -> None:
+    missing, extra = sorted(want - have), sorted(have - want)
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append("missing " + ", ".join(path_str(p) for p in missing))
+        if extra:
+            parts.append("unexpected " + ", ".join(path_str(p) for p in extra))
+        raise CheckpointError(f"{origin}: theta does not match {family}: " + "; ".join(parts))
+
+
+def _check_shape(origin: str, path: Path, got: Sequence[int], want: Sequence[int]) -> None:
+    if tuple(got) != tuple(want):
+        raise CheckpointError(f"{origin}: {path_str(path)} has shape {tuple(got)}, expected {tuple(want)}")
+
+
+# ================================================================= MetaMLP (nn/~)
+NN = ("nn", "~")
+
+
+def _mlp_layers(leaves: Dict[Path, np.ndarray]) -> int:
+    n = 0
+    while NN + (f"w{n}",) in leaves:
+        n += 1
+    return n
+
+
+def _meta_mlp_config(leaves: Dict[Path, np.ndarray]) -> Dict:
+    n = _mlp_layers(leaves)
+    if n < 2:
+        raise CheckpointError("theta has no nn/~/w0 .. w<k> MLP (need at least 2 layers)")
+    w0 = leaves[NN + ("w0",)]
+    if w0.ndim != 2:
+        raise CheckpointError(f"nn/~/w0 has shape {w0.shape}, expected (inputs, hidden)")
+    return {"input_size": int(w0.shape[0]), "hidden_size": int(w0.shape[1]), "hidden_layers": n - 2}
+
+
+def _meta_mlp_torch_config(tensors: Dict[str, torch.Tensor]) -> Dict:
+    w = tensors.get("network.input.weight")
+    if w is None or w.dim() != 2:
+        return {}
+    hidden = sum(1 for k in tensors if k.startswith("network.linear_") and k.endswith(".weight"))
+    return {"input_size": int(w.shape[1]), "hidden_size": int(w.shape[0]), "hidden_layers": hidden}
+
+
+def meta_mlp_rules(config: Dict) -> List[TensorRule]:
+    """MetaMLP: ``nn/~/w<i>`` (in, out) <-> ``network.<layer>.weight`` (out, in)."""
+    n = config["hidden_layers"] + 2
+    sizes = [config["input_size"]] + [config["hidden_size"]] * (n - 1) + [2]
+    names = ["input"] + [f"linear_{i}" for i in range(n - 2)] + ["output"]
+    rules = []
+    for i, name in enumerate(names):
+        rules.append(TensorRule(NN + (f"w{i}",), f"network.{name}.weight", (sizes[i], sizes[i + 1]), transpose=True))
+        rules.append(TensorRule(NN + (f"b{i}",), f"network.{name}.bias", (sizes[i + 1],)))
+    return rules
+
+
+def _adafac_rules(config: Dict) -> Tuple[List[TensorRule], List[ConfigRule]]:
+    return meta_mlp_rules(config), [
+        ConfigRule(("momentum_decays",), "momentum_decays", (3,)),
+        ConfigRule(("rms_decays",), "rms_decays", (1,)),
+        ConfigRule(("adafactor_decays",), "adafactor_decays", (3,)),
+    ]
+
+
+def _mulo_defaults() -> Dict:
+    from pylo.optim.adafaclo import MULO_ADAFACTOR_OFFSETS, MULO_MOMENTUM_OFFSETS, MULO_RMS_OFFSETS
+
+    return {"momentum_decays": MULO_MOMENTUM_OFFSETS, "rms_decays": MULO_RMS_OFFSETS,
+            "adafactor_decays": MULO_ADAFACTOR_OFFSETS}
+
+
+def _describe_meta_mlp(config: Dict) -> str:
+    return (f"MLP {config['input_size']} -> {config['hidden_size']} x {config['hidden_layers'] + 1} -> 2 "
+            f"(upstream hidden_size={config['hidden_size']}, hidden_layers={config['hidden_layers'] + 1})")
+
+
+ADAFAC_MLP = Family(
+    name="AdafacMLPLOpt theta (nn/~ MLP + learned decays)",
+    optimizers=("adafaclo", "mulo"),
+    looks_like=lambda leaves: NN + ("w0",) in leaves and ("momentum_decays",) in leaves,
+    infer_config=_meta_mlp_config,
+    rules=_adafac_rules,
+    describe=lambda c: "AdafacLO / MuLO: " + _describe_meta_mlp(c),
+    infer_torch_config=_meta_mlp_torch_config,
+    config_defaults=_mulo_defaults,
+)
+
+#: every family, in the order ``inspect`` tries them
+FAMILIES: List[Family] = [ADAFAC_MLP]
+
+
+def family_for(optimizer: str) -> Family:
+    for fam in FAMILIES:
+        if optimizer in fam.optimizers:
+            return fam
+    known = sorted(n for f in FAMILIES for n in f.optimizers)
+    raise CheckpointError(f"unknown optimizer {optimizer!r}; known: {', '.join(known)}")
+
+
+def guess_family(theta: Dict) -> Optional[Family]:
+    leaves = array_leaves(theta)
+    for fam in FAMILIES:
+        if fam.looks_like(leaves):
+            return fam
+    return None

@@ -1,0 +1,11 @@
+"""pylo: learned optimizers for PyTorch, verified step for step against their JAX originals.
+
+>>> from pylo.optim import AdafacLO, MuLO
+"""
+
+from pylo.models import MetaMLP
+from pylo.optim import *  # noqa: F401,F403
+from pylo.optim import __all__ as _optim_all
+
+__version__ = "0.1.0"
+__all__ = ["MetaMLP", *_optim_all]

@@ -1,0 +1,186 @@
+"""Reading and writing pylo checkpoints: a folder with ``config.json`` + ``model.safetensors``.
+
+This is the layout of a ``PyTorchModelHubMixin`` repository on the Hugging Face
+Hub, so a folder written here can be pushed as is, and a downloaded hub
+snapshot is read by the same code. The config holds the network's constructor
+arguments at top level (what ``from_pretrained`` passes to ``__init__``) and
+pylo's own metadata under ``"pylo"``; the same config is embedded in the
+safetensors header so a lone ``.safetensors`` file is self-describing.
+
+Writes are atomic: the folder is assembled beside its destination and renamed
+into place, so an interrupted or failed write leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Optional
+
+import torch
+
+from pylo.errors import CheckpointError
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+META_KEY = "pylo"
+HEADER_CONFIG_KEY = "pylo_config"
+FORMAT_VERSION = 1
+PICKLE_WEIGHTS = ("pytorch_model.bin", "model.pt", "model.pth")
+
+
+@dataclass
+class Checkpoint:
+    """Network constructor config, tensors, and where they came from (for messages)."""
+
+    config: Dict
+    tensors: Dict[str, torch.Tensor]
+    origin: str
+    meta: Dict = field(default_factory=dict)
+
+    @property
+    def optimizer(self) -> Optional[str]:
+        return self.config.get(META_KEY, {}).get("optimizer")
+
+
+def _read_safetensors(path: Path):
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file (corrupt or truncated?): {e}") from None
+    return tensors, header
+
+
+def _read_config(path: Path) -> Dict:
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: not a readable JSON config: {e}") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: config must be a JSON object")
+    return config
+
+
+def read_checkpoint(path) -> Checkpoint:
+    """Read a local checkpoint: a folder, a ``.safetensors`` file, or a torch state-dict file.
+
+    Torch files (``.pt``/``.pth``/``.bin``) are read with ``weights_only=True``
+    (tensors and plain containers only).
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if path.is_dir():
+        weights = path / WEIGHTS_NAME
+        if not weights.exists():
+            pickled = [n for n in PICKLE_WEIGHTS if (path / n).exists()]
+            hint = (f" (found {pickled[0]}: pickled weights are not read from folders; "
+                    "convert them with `pylo-convert`)") if pickled else ""
+            raise CheckpointError(f"{path}: no {WEIGHTS_NAME} in checkpoint folder{hint}")
+        tensors, header = _read_safetensors(weights)
+        config_path = path / CONFIG_NAME
+        config = _read_config(config_path) if config_path.exists() else _header_config(header, weights)
+        return Checkpoint(config, tensors, str(path))
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        tensors, header = _read_safetensors(path)
+        config = _header_config(header, path)
+        if not config and (path.parent / CONFIG_NAME).exists():
+            config = _read_config(path.parent / CONFIG_NAME)
+        return Checkpoint(config, tensors, str(path))
+    if suffix in (".pt", ".pth", ".bin"):
+        try:
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception as e:  # torch raises many kinds for bad files
+            raise CheckpointError(f"{path}: not a readable torch state dict: {e}") from None
+        if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+            raise CheckpointError(f"{path}: expected a flat state dict of tensors")
+        config = _read_config(path.parent / CONFIG_NAME) if (path.parent / CONFIG_NAME).exists() else {}
+        return Checkpoint(config, dict(obj), str(path))
+    raise CheckpointError(
+        f"{path}: unsupported checkpoint file (expected a folder, .safetensors or .pt); "
+        "upstream JAX checkpoints must first be converted with `pylo-convert`")
+
+
+def _header_config(header: Dict, path: Path) -> Dict:
+    raw = header.get(HEADER_CONFIG_KEY)
+    if raw is None:
+        return {}
+    try:
+        config = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: corrupt pylo config in safetensors header: {e}") from None
+    return config if isinstance(config, dict) else {}
+
+
+def write_checkpoint(folder, config: Dict, tensors: Dict[str, torch.Tensor], overwrite: bool = False) -> Path:
+    """Atomically write ``folder`` (``config.json`` + ``model.safetensors``)."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder).expanduser()
+    if folder.exists() and not overwrite:
+        raise CheckpointError(f"{folder} already exists (pass overwrite=True / --overwrite to replace it)")
+    if folder.exists() and not folder.is_dir():
+        raise CheckpointError(f"{folder} exists and is not a folder")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.parent / f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        contiguous = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+        save_file(contiguous, str(tmp / WEIGHTS_NAME),
+                  metadata={"format": "pt", HEADER_CONFIG_KEY: json.dumps(config, sort_keys=True)})
+        (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        for name in (WEIGHTS_NAME, CONFIG_NAME):
+            _fsync(tmp / name)
+        _replace_dir(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def write_bytes_atomic(path, data: bytes, overwrite: bool = False) -> Path:
+    """Atomically write one file (temp file in the same folder, then ``os.replace``)."""
+    path = Path(path).expanduser()
+    if path.exists() and not overwrite:
+        raise CheckpointError(f"{path} already exists (pass overwrite=True / --overwrite to replace it)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _replace_dir(tmp: Path, folder: Path) -> None:
+    if not folder.exists():
+        os.rename(tmp, folder)
+        return
+    backup = folder.parent / f".{folder.name}.old-{uuid.uuid4().hex[:8]}"
+    os.rename(folder, backup)
+    try:
+        os.rename(tmp, folder)
+    except BaseException:
+        os.rename(backup, folder)
+        raise
+    shutil.rmtree(backup, ignore_errors=True)

@@ -1,0 +1,41 @@
+"""Gradient sanitising shared by the optimizers (torch side)."""
+
+from __future__ import annotations
+
+from typing import List
+
+import torch
+
+
+def global_norm(grads: List[torch.Tensor]) -> torch.Tensor:
+    """``sqrt(sum_i sum(g_i^2))`` in float32, summed leaf by leaf as ``optax.tree.norm`` does."""
+    total = None
+    for g in grads:
+        sq = torch.sum(g * g)
+        total = sq if total is None else total + sq.to(total.device)
+    if total is None:
+        return torch.zeros(())
+    return torch.sqrt(total)
+
+
+def clip_by_global_norm(grads: List[torch.Tensor], max_norm: float) -> List[torch.Tensor]:
+    """optax ``clip_by_global_norm``: unchanged if ``norm < max_norm``, else ``g / norm * max_norm``.
+
+    Returns new tensors (the caller's gradients are never modified) and does not
+    synchronise with the host.
+    """
+    if not grads:
+        return []
+    norm = global_norm(grads)
+    keep = norm < max_norm
+    return [torch.where(keep.to(g.device), g, g / norm.to(g.device) * max_norm) for g in grads]
+
+
+def nan_to_num(grads: List[torch.Tensor]) -> List[torch.Tensor]:
+    """``jnp.nan_to_num``: NaN -> 0, +-inf -> the largest finite float32."""
+    return [torch.nan_to_num(g) for g in grads]
+
+
+def clamp_elementwise(grads: List[torch.Tensor], bound: float) -> List[torch.Tensor]:
+    """``clip(g, -bound, bound)``."""
+    return [torch.clamp(g, -bound, bound) for g in grads]

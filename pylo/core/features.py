@@ -1,0 +1,61 @@
+"""Feature builders shared by the learned optimizers (torch side).
+
+Each function mirrors one upstream expression; names say which.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+
+from pylo.core.accumulators import mean_over, row_col_factors
+
+#: ``tanh_embedding`` timescales (AdafacMLPLOpt, MLPLOpt, MuLO, ELO)
+TANH_TIMESCALES = (1, 3, 10, 30, 100, 300, 1000, 3000, 10000, 30000, 100000)
+#: ``_fractional_tanh_embed`` offsets (VeLO, Celo)
+FRACTION_OFFSETS = (0.03, 0.1, 0.2, 0.4, 0.6, 0.8, 0.9, 1.0, 1.1)
+
+
+def second_moment_normalize(x: torch.Tensor, dims: Sequence[int], eps: float) -> torch.Tensor:
+    """``x * rsqrt(eps + mean(x^2, dims))`` per channel; empty ``dims`` is the identity mean."""
+    return x * torch.rsqrt(eps + mean_over(x * x, dims, keepdim=True))
+
+
+def tanh_embedding(iteration: torch.Tensor) -> torch.Tensor:
+    """Eleven ``tanh(it / tau - 1)`` values for the (0-based) iteration ``it``."""
+    taus = torch.tensor(TANH_TIMESCALES, dtype=torch.float32, device=iteration.device)
+    return torch.tanh(iteration.to(torch.float32) / taus - 1.0)
+
+
+def fractional_tanh_embedding(fraction: torch.Tensor) -> torch.Tensor:
+    """Nine ``tanh(10 * (x - tau))`` values of the fraction of training done."""
+    taus = torch.tensor(FRACTION_OFFSETS, dtype=torch.float32, device=fraction.device)
+    return torch.tanh(10.0 * (fraction.to(torch.float32) - taus))
+
+
+def adafactor_features(m: torch.Tensor, v_row: torch.Tensor, v_col: torch.Tensor, v_diag: torch.Tensor,
+                       shape: Sequence[int], dims: Optional[Tuple[int, int]], diag_mom_eps: float
+                       ) -> List[torch.Tensor]:
+    """The five Adafactor feature groups, each ``S + (k,)``.
+
+    ``[row, col, rsqrt(row + 1e-8), rsqrt(col + 1e-8), fac_mom_mult]`` where for a
+    factored tensor ``row``/``col`` are ``v_row``/``v_col`` broadcast along the
+    axis they average out and ``fac_mom_mult = m * row_factor * col_factor``;
+    for a non-factored tensor ``row = col = v_diag`` and
+    ``fac_mom_mult = m * (v_diag + diag_mom_eps) ** -0.5`` (AdafacMLPLOpt uses
+    1e-6, VeLO 0).
+    """
+    k = m.shape[-1]
+    full = tuple(shape) + (k,)
+    if dims is None:
+        row = col = v_diag
+        base = v_diag + diag_mom_eps if diag_mom_eps else v_diag
+        fac_mom_mult = m * torch.pow(base, -0.5)
+    else:
+        d1, d0 = dims
+        row = v_row.unsqueeze(d0).expand(full)
+        col = v_col.unsqueeze(d1).expand(full)
+        row_factor, col_factor = row_col_factors(v_row, v_col, dims)
+        fac_mom_mult = m * row_factor * col_factor
+    return [row, col, torch.rsqrt(row + 1e-8), torch.rsqrt(col + 1e-8), fac_mom_mult]

@@ -1,0 +1,53 @@
+"""Downloading meta-networks from the Hugging Face Hub.
+
+Real ``huggingface_hub`` code: it honours ``HF_HUB_OFFLINE`` (then only the
+local cache is read), ``HF_HUB_CACHE``/``HF_HOME``, and a revision pinned with
+``"owner/name@revision"``. Anything that prevents getting the files becomes a
+:class:`~pylo.errors.HubUnavailableError` saying how to load from disk instead.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+from pylo.checkpoint_io import CONFIG_NAME, Checkpoint, read_checkpoint
+from pylo.errors import CheckpointError, HubUnavailableError
+
+
+def split_hub_key(key: str) -> Tuple[str, Optional[str]]:
+    """``"owner/name@rev"`` -> ``("owner/name", "rev")``; no ``@`` -> revision None."""
+    if not isinstance(key, str) or not key.strip():
+        raise ValueError(f"hub key must be a non-empty string like 'owner/name', got {key!r}")
+    repo, _, revision = key.strip().partition("@")
+    if repo.count("/") != 1 or not all(repo.split("/")):
+        raise ValueError(f"hub key must look like 'owner/name' or 'owner/name@revision', got {key!r}")
+    return repo, (revision or None)
+
+
+def hub_snapshot(key: str, cache_dir: Optional[str] = None) -> str:
+    """Local folder holding the repo's ``config.json`` and safetensors weights."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError,
+                                        RevisionNotFoundError)
+
+    repo, revision = split_hub_key(key)
+    try:
+        return snapshot_download(repo, revision=revision, cache_dir=cache_dir,
+                                 allow_patterns=[CONFIG_NAME, "*.safetensors"])
+    except RepositoryNotFoundError:
+        raise CheckpointError(f"hub repository {repo!r} does not exist (or is private)") from None
+    except RevisionNotFoundError:
+        raise CheckpointError(f"hub repository {repo!r} has no revision {revision!r}") from None
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as e:
+        raise HubUnavailableError(
+            f"could not get {key!r} from the Hugging Face Hub and it is not in the local cache "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). Load the meta-network from disk "
+            "instead: pass checkpoint_path='path/to/folder' (a folder with config.json + model.safetensors, "
+            "e.g. written by `pylo-convert` or a downloaded hub snapshot), or network=<module>; or populate the "
+            "cache on a connected machine and set HF_HUB_OFFLINE=1.") from None
+
+
+def fetch_hub_checkpoint(key: str, cache_dir: Optional[str] = None) -> Checkpoint:
+    ckpt = read_checkpoint(hub_snapshot(key, cache_dir))
+    ckpt.origin = f"hub:{key}"
+    return ckpt

@@ -1,0 +1,265 @@
+"""AdafacLO: upstream ``AdafacMLPLOpt`` (small_fc_lopt) with μLO's additions.
+
+Reference: ``learned_optimization/learned_optimizers/adafac_mlp_lopt.py`` and
+``mu_learned_optimization/src/mup_adafac_mlp_lopt.py``; our JAX twin is
+``pylo.reference_jax.adafac_mlp_lopt``.
+
+Per tensor and step (``g`` the gradient, all in float32, conv kernels seen in
+JAX's HWIO layout, scalars as shape (1,)):
+
+1. optional global-norm clipping over *all* groups, then ``nan_to_num`` (μLO);
+2. momentum, RMS and Adafactor accumulators with learned decays
+   ``1 - (1 - d0) * exp(10 * theta)``;
+3. 28 features (``g, p, m, rms, m/sqrt(rms), 1/sqrt(rms), fac_g`` and the
+   Adafactor row/column features), second-moment normalised over the
+   parameter's axes, plus 11 ``tanh`` features of the iteration: 39 inputs;
+4. the MLP gives direction ``d`` and magnitude ``mu``;
+   ``step = d * exp(mu * exp_mult) * step_mult``;
+5. ``p <- p - lr * (step + weight_decay * p)``. ``lr`` is the μP per-parameter
+   scale of upstream μLO (``MuLO`` sets it per group); ``weight_decay`` is a
+   pylo addition (upstream has none) and is 0 by default.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from pylo.core import accumulators as acc
+from pylo.core.clipping import clip_by_global_norm, nan_to_num
+from pylo.core.decays import learned_decays
+from pylo.core.features import TANH_TIMESCALES, adafactor_features, second_moment_normalize, tanh_embedding
+from pylo.core.layout import from_work, to_work
+from pylo.core.shapes import KERNEL_LAYOUTS, factored_dims
+from pylo.models.loading import NetworkSpec, load_network
+from pylo.models.meta_mlp import MetaMLP
+from pylo.optim.base import LearnedOptimizer, check_number
+
+#: learned decay offsets of the released μLO checkpoint (the published defaults)
+MULO_MOMENTUM_OFFSETS = [0.15216392, 0.14245212, 0.06812963]
+MULO_RMS_OFFSETS = [0.01079706]
+MULO_ADAFACTOR_OFFSETS = [0.18621896, -0.10864615, -0.06185547]
+
+NUM_FEATURES = 39  # 28 normalised accumulator features + 11 tanh step features
+RMS_EPS = 1e-6
+NORMALIZER_EPS = 1e-5
+
+
+def _build_meta_mlp(config: Dict) -> MetaMLP:
+    return MetaMLP(**{k: config[k] for k in ("input_size", "hidden_size", "hidden_layers",
+                                             "momentum_decays", "rms_decays", "adafactor_decays") if k in config})
+
+
+META_MLP_SPEC = NetworkSpec(name="AdafacLO MetaMLP", module_type=MetaMLP, families=("adafaclo", "mulo"),
+                            build=_build_meta_mlp)
+
+
+def adafaclo_inputs(p: torch.Tensor, g: torch.Tensor, state: Dict[str, torch.Tensor], fac_g: torch.Tensor
+                    ) -> torch.Tensor:
+    """The 39 MLP inputs of one work-layout tensor, shape ``S + (39,)``."""
+    m, rms = state["mom"], state["rms"]
+    rsqrt_rms = torch.rsqrt(rms + RMS_EPS)
+    groups = [g.unsqueeze(-1), p.unsqueeze(-1), m, rms, m * rsqrt_rms, rsqrt_rms, fac_g]
+    groups += adafactor_features(m, state["fac_row"], state["fac_col"], state["fac_diag"], p.shape,
+                                 factored_dims(p.shape), diag_mom_eps=RMS_EPS)
+    x = second_moment_normalize(torch.cat(groups, dim=-1), range(p.dim()), NORMALIZER_EPS)
+    step_features = tanh_embedding(state["step"]).expand(tuple(p.shape) + (len(TANH_TIMESCALES),))
+    return torch.cat([x, step_features], dim=-1)
+
+
+def adafaclo(params: List[torch.Tensor], grads: List[torch.Tensor], states: List[Dict[str, torch.Tensor]], *,
+             network: torch.nn.Module, decays: Tuple[torch.Tensor, torch.Tensor, torch.Tensor], lr: float,
+             exp_mult: float, step_mult: float, weight_decay: float, kernel_layout: str,
+             foreach: bool) -> None:
+    """Functional AdafacLO update of one parameter group (gradients already sanitised).
+
+    ``foreach=True`` updates momentum and RMS with multi-tensor kernels and runs
+    the MLP once over all tensors; ``False`` goes tensor by tensor. Both compute
+    the same update.
+    """
+    if not params:
+        return
+    fn = _multi_tensor_adafaclo if foreach else _single_tensor_adafaclo
+    fn(params, grads, states, network=network, decays=decays, lr=lr, exp_mult=exp_mult, step_mult=step_mult,
+       weight_decay=weight_decay, kernel_layout=kernel_layout)
+
+
+def _init_state(state, p_work: torch.Tensor, decays) -> None:
+    if not state:
+        acc.AccumulatorSet.init(state, p_work.shape, *(d.numel() for d in decays), p_work.device)
+        state["step"] = torch.zeros((), dtype=torch.float32, device=p_work.device)
+
+
+def _apply(p: torch.Tensor, p_work: torch.Tensor, out: torch.Tensor, *, lr, exp_mult, step_mult, weight_decay,
+           kernel_layout) -> None:
+    step = out[..., 0] * torch.exp(out[..., 1] * exp_mult) * step_mult
+    if weight_decay:
+        step = step + weight_decay * p_work
+    update = from_work(step * lr, p, kernel_layout)
+    if p.dtype == torch.float32:
+        p.sub_(update)
+    else:
+        p.copy_((p.to(torch.float32) - update).to(p.dtype))
+
+
+def _single_tensor_adafaclo(params, grads, states, *, network, decays, lr, exp_mult, step_mult, weight_decay,
+                            kernel_layout) -> None:
+    mom_d, rms_d, fac_d = decays
+    for p, g, state in zip(params, grads, states):
+        pw = to_work(p, kernel_layout).to(torch.float32)
+        gw = to_work(g, kernel_layout)
+        _init_state(state, pw, decays)
+        fac_g = acc.AccumulatorSet.update(state, gw, mom_d, rms_d, fac_d)
+        out = network(adafaclo_inputs(pw, gw, state, fac_g))
+        _apply(p, pw, out, lr=lr, exp_mult=exp_mult, step_mult=step_mult, weight_decay=weight_decay,
+               kernel_layout=kernel_layout)
+        state["step"] += 1
+
+
+def _multi_tensor_adafaclo(params, grads, states, *, network, decays, lr, exp_mult, step_mult, weight_decay,
+                           kernel_layout) -> None:
+    mom_d, rms_d, fac_d = decays
+    pws = [to_work(p, kernel_layout).to(torch.float32) for p in params]
+    gws = [to_work(g, kernel_layout) for g in grads]
+    for state, pw in zip(states, pws):
+        _init_state(state, pw, decays)
+    acc.update_momentum_foreach([s["mom"] for s in states], gws, mom_d)
+    acc.update_rms_foreach([s["rms"] for s in states], gws, rms_d)
+    inputs = []
+    for pw, gw, state in zip(pws, gws, states):
+        fac_g = acc.update_factored(state["fac_row"], state["fac_col"], state["fac_diag"], gw, fac_d)
+        inputs.append(adafaclo_inputs(pw, gw, state, fac_g).reshape(-1, NUM_FEATURES))
+    outs = network(torch.cat(inputs)).split([x.shape[0] for x in inputs])
+    for p, pw, out in zip(params, pws, outs):
+        _apply(p, pw, out.reshape(tuple(pw.shape) + (-1,)), lr=lr, exp_mult=exp_mult, step_mult=step_mult,
+               weight_decay=weight_decay, kernel_layout=kernel_layout)
+    torch._foreach_add_([s["step"] for s in states], 1)
+
+
+class AdafacLO_naive(LearnedOptimizer):
+    """AdafacLO / μLO learned optimizer (pure PyTorch).
+
+    Args:
+        params: parameters, ``named_parameters()``, or param groups.
+        momentum_decays, rms_decays, adafactor_decays: learned decay *offsets*
+            (upstream theta). The defaults are the released μLO values; when left
+            at their defaults, the offsets stored in a loaded checkpoint are used.
+        lr: multiplies every step: upstream μLO's per-parameter learning-rate
+            scale (1.0 reproduces AdafacMLPLOpt; ``MuLO`` sets it per group).
+        exp_mult, step_mult: ``step = d * exp(mu * exp_mult) * step_mult``.
+        input_size, hidden_size, hidden_layers: MetaMLP geometry used when the
+            checkpoint does not state its own (``hidden_layers`` counts
+            hidden-to-hidden layers: upstream ``hidden_layers=2`` is 1 here).
+        initial_momentum_decays, initial_rms_decays, initial_adafactor_decays:
+            the decays the offsets are relative to.
+        max_grad_norm, clip_grad: global-norm clipping over all groups (optax
+            ``clip_by_global_norm``) when ``clip_grad=True`` or ``max_grad_norm`` is
+            given, to ``max_grad_norm`` (default 1.0). Gradients then go through
+            ``nan_to_num`` as in μLO.
+        concat_weights, make_separate_weights, split_weights: upstream's
+            alternative evaluations of the same network; accepted for API
+            compatibility, the result is the same.
+        weight_decay: decoupled decay, ``p -= lr * weight_decay * p`` (pylo addition).
+        mup_lrs: not used (as upstream); μP scales are per-group ``lr``.
+        hf_key: hub repo of the meta-network (``"owner/name[@revision]"``).
+        checkpoint_path: a local converted checkpoint (folder or file); wins over ``hf_key``.
+        network: a ready :class:`~pylo.models.MetaMLP`; wins over everything.
+        foreach: multi-tensor implementation (default: True on CUDA).
+        kernel_layout: ``"torch"`` (default) treats 4-D tensors as OIHW conv
+            kernels and computes in JAX's HWIO layout, like upstream on the same
+            kernel; ``"jax"`` takes 4-D tensors as they are.
+
+    Example:
+        >>> model = torch.nn.Linear(4, 2)
+        >>> opt = AdafacLO_naive(model.parameters(), checkpoint_path="mulo_folder")  # doctest: +SKIP
+        >>> model(torch.randn(8, 4)).square().mean().backward(); opt.step(); opt.zero_grad()  # doctest: +SKIP
+    """
+
+    display_name = "AdafacLO"
+
+    def __init__(self, params, momentum_decays=MULO_MOMENTUM_OFFSETS, rms_decays=MULO_RMS_OFFSETS,
+                 adafactor_decays=MULO_ADAFACTOR_OFFSETS, lr=1.0, exp_mult=0.001, step_mult=0.01, input_size=39,
+                 hidden_size=32, hidden_layers=1, initial_momentum_decays=(0.9, 0.99, 0.999),
+                 initial_rms_decays=(0.999,), initial_adafactor_decays=(0.9, 0.99, 0.999), max_grad_norm=None,
+                 concat_weights=True, make_separate_weights=False, split_weights=False, clip_grad=False,
+                 weight_decay=0.0, mup_lrs=None, hf_key: Optional[str] = "btherien/mulo", *,
+                 checkpoint_path=None, network: Optional[MetaMLP] = None, foreach: Optional[bool] = None,
+                 kernel_layout: str = "torch"):
+        check_number("lr", lr, minimum=0.0)
+        check_number("exp_mult", exp_mult)
+        check_number("step_mult", step_mult)
+        check_number("weight_decay", weight_decay, minimum=0.0)
+        if max_grad_norm is not None:
+            check_number("max_grad_norm", max_grad_norm, minimum=0.0, strict=True)
+        if kernel_layout not in KERNEL_LAYOUTS:
+            raise ValueError(f"kernel_layout must be one of {KERNEL_LAYOUTS}, got {kernel_layout!r}")
+        if mup_lrs is not None:
+            raise ValueError("mup_lrs is not used (as upstream): μP learning-rate scales are the per-group lr; "
+                             "use MuLO(model.parameters()) after mup.set_base_shapes")
+        net, _ = load_network(META_MLP_SPEC, network=network, checkpoint_path=checkpoint_path, hub_keys=[hf_key],
+                              fallback_config=dict(input_size=input_size, hidden_size=hidden_size,
+                                                   hidden_layers=hidden_layers))
+        if net.input_size != NUM_FEATURES:
+            raise ValueError(f"AdafacLO builds {NUM_FEATURES} features but the meta-network takes {net.input_size}")
+        stored = net.learned_decay_offsets()
+        offsets = [explicit if (explicit is not default or stored is None) else stored_value
+                   for explicit, default, stored_value in zip(
+                       (momentum_decays, rms_decays, adafactor_decays),
+                       (MULO_MOMENTUM_OFFSETS, MULO_RMS_OFFSETS, MULO_ADAFACTOR_OFFSETS),
+                       stored or (None, None, None))]
+        initials = (initial_momentum_decays, initial_rms_decays, initial_adafactor_decays)
+        for name, off, init in zip(("momentum", "rms", "adafactor"), offsets, initials):
+            if len(off) != len(init):
+                raise ValueError(f"{len(off)} {name} decay offsets for {len(init)} initial {name} decays")
+        defaults = dict(lr=lr, exp_mult=exp_mult, step_mult=step_mult, weight_decay=weight_decay,
+                        momentum_decays=[float(x) for x in offsets[0]], rms_decays=[float(x) for x in offsets[1]],
+                        adafactor_decays=[float(x) for x in offsets[2]],
+                        initial_momentum_decays=[float(x) for x in initial_momentum_decays],
+                        initial_rms_decays=[float(x) for x in initial_rms_decays],
+                        initial_adafactor_decays=[float(x) for x in initial_adafactor_decays],
+                        kernel_layout=kernel_layout, foreach=foreach, concat_weights=concat_weights,
+                        make_separate_weights=make_separate_weights, split_weights=split_weights)
+        super().__init__(params, defaults, net)
+        self.clip_grad = bool(clip_grad) or max_grad_norm is not None
+        self.max_grad_norm = 1.0 if max_grad_norm is None else float(max_grad_norm)
+        self._decay_cache: Dict[Tuple, torch.Tensor] = {}
+
+    def effective_decays(self, group) -> Tuple[List[float], List[float], List[float]]:
+        """The group's momentum, RMS and Adafactor decays after the learned offsets."""
+        return tuple(learned_decays(group[f"initial_{k}_decays"], group[f"{k}_decays"])
+                     for k in ("momentum", "rms", "adafactor"))
+
+    def _decay_tensors(self, group, device) -> Tuple[torch.Tensor, ...]:
+        key = (device, tuple(group["momentum_decays"]), tuple(group["rms_decays"]), tuple(group["adafactor_decays"]),
+               tuple(group["initial_momentum_decays"]), tuple(group["initial_rms_decays"]),
+               tuple(group["initial_adafactor_decays"]))
+        if key not in self._decay_cache:
+            self._decay_cache[key] = tuple(acc.float32_decays(d, device) for d in self.effective_decays(group))
+        return self._decay_cache[key]
+
+    @torch.no_grad()
+    def step(self, closure=None, loss=None):
+        """One update. ``closure`` (re-evaluates the model) or ``loss`` are optional; the loss is returned."""
+        loss = self._resolve_loss(closure, loss)
+        entries = self._grad_entries()
+        flat = [g for _, _, grads in entries for g in grads]
+        if self.clip_grad:
+            flat = clip_by_global_norm(flat, self.max_grad_norm)
+        flat = nan_to_num(flat)
+        it = iter(flat)
+        for group, params, grads in entries:
+            grads = [next(it) for _ in grads]
+            by_device: Dict[torch.device, List[int]] = {}
+            for i, p in enumerate(params):
+                by_device.setdefault(p.device, []).append(i)
+            for device, idx in by_device.items():
+                foreach = group["foreach"] if group["foreach"] is not None else device.type == "cuda"
+                adafaclo([params[i] for i in idx], [grads[i] for i in idx], [self.state[params[i]] for i in idx],
+                         network=self.network_on(device), decays=self._decay_tensors(group, device), lr=group["lr"],
+                         exp_mult=group["exp_mult"], step_mult=group["step_mult"],
+                         weight_decay=group["weight_decay"], kernel_layout=group["kernel_layout"], foreach=foreach)
+        return loss
+
+
+AdafacLO = AdafacLO_naive

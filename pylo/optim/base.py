@@ -1,0 +1,124 @@
+"""What every pylo optimizer shares on top of ``torch.optim.Optimizer``.
+
+* gradients are collected, validated (sparse and complex gradients are refused
+  with a clear message) and copied to float32 work tensors; the caller's
+  ``.grad`` is never modified;
+* ``step(closure)`` and ``step(loss)`` both work (the published PyLO API passes
+  the loss positionally); a closure runs under ``torch.enable_grad()``;
+* optimizer state stays float32 whatever the parameter dtype, and
+  ``load_state_dict`` restores it bit-exactly on the parameters' devices
+  (torch's default would cast it to a bf16 parameter's dtype) without
+  touching the caller's dict;
+* the meta-network is copied once to each device that holds parameters.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import numbers
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+
+import torch
+from torch import nn
+
+LossLike = Union[torch.Tensor, float, int]
+
+
+class LearnedOptimizer(torch.optim.Optimizer):
+    """Base class; subclasses implement ``_step_groups(entries, loss)``."""
+
+    #: name used in messages
+    display_name = "learned optimizer"
+
+    def __init__(self, params, defaults: Dict[str, Any], network: nn.Module):
+        super().__init__(params, defaults)
+        for group in self.param_groups:
+            for p in group["params"]:
+                if not (p.is_floating_point() or p.is_complex()):
+                    raise TypeError(f"{self.display_name} optimizes floating-point tensors; got {p.dtype}")
+        self.network = network
+        self._device_networks: Dict[torch.device, nn.Module] = {}
+
+    # ------------------------------------------------------------------ helpers
+    def network_on(self, device: torch.device) -> nn.Module:
+        """The float32 meta-network on ``device`` (copied once, then reused)."""
+        net = self._device_networks.get(device)
+        if net is None:
+            first = next(self.network.parameters(), None)
+            same = first is None or (first.device == device and first.dtype == torch.float32)
+            net = self.network if same else copy.deepcopy(self.network).to(device=device, dtype=torch.float32)
+            self._device_networks[device] = net
+        return net
+
+    def _grad_entries(self) -> List[Tuple[dict, List[torch.Tensor], List[torch.Tensor]]]:
+        """Per group: the parameters that get updated and their float32 gradients.
+
+        Parameters without a gradient, or with ``requires_grad=False``, are skipped.
+        """
+        out = []
+        for group in self.param_groups:
+            params, grads = [], []
+            for p in group["params"]:
+                if p.grad is None or not p.requires_grad:
+                    continue
+                if p.grad.is_sparse:
+                    raise RuntimeError(f"{self.display_name} does not support sparse gradients "
+                                       "(use a dense embedding, e.g. nn.Embedding(sparse=False))")
+                if p.is_complex() or p.grad.is_complex():
+                    raise RuntimeError(f"{self.display_name} does not support complex parameters; "
+                                       "optimize torch.view_as_real(param) instead")
+                params.append(p)
+                grads.append(p.grad.detach().to(torch.float32))
+            out.append((group, params, grads))
+        return out
+
+    @staticmethod
+    def _resolve_loss(closure: Optional[Union[Callable[[], LossLike], LossLike]],
+                      loss: Optional[LossLike]) -> Optional[LossLike]:
+        if closure is not None and loss is not None:
+            raise TypeError("pass either a closure or a loss to step(), not both")
+        if callable(closure):
+            with torch.enable_grad():
+                return closure()
+        if closure is not None:
+            if not isinstance(closure, (torch.Tensor, numbers.Real)):
+                raise TypeError(f"step() takes a closure or a loss (tensor or float), got {type(closure).__name__}")
+            return closure
+        return loss
+
+    # ------------------------------------------------------------------- state
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        """Load a :meth:`state_dict`, keeping float32 state exactly as saved.
+
+        The given dict is not modified and shares no tensors with the optimizer.
+        """
+        saved_state = state_dict["state"]
+        super().load_state_dict({**state_dict, "state": {}})
+        saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+        params = [p for g in self.param_groups for p in g["params"]]
+        id_map = dict(zip(saved_ids, params))
+        for key, value in saved_state.items():
+            if key in id_map:
+                param = id_map[key]
+                self.state[param] = {k: _copy_to(v, param.device) for k, v in value.items()}
+            else:
+                self.state[key] = copy.deepcopy(value)
+
+
+def _copy_to(value: Any, device: torch.device) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach().to(device=device, copy=True)
+    return copy.deepcopy(value)
+
+
+def check_number(name: str, value, minimum: Optional[float] = None, strict: bool = False) -> None:
+    """Validate a hyperparameter with a message naming it."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"{name} must be a number, got a tensor of shape {tuple(value.shape)}")
+        value = value.item()
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if minimum is not None and (value < minimum or (strict and value == minimum)):
+        raise ValueError(f"{name} must be {'>' if strict else '>='} {minimum}, got {value}")

@@ -1,0 +1,1 @@
+"""Helpers for using pylo's optimizers with other libraries."""

@@ -1,0 +1,169 @@
+"""Building blocks shared by the JAX references (upstream ``learned_optimizers/common.py``).
+
+Written to compute exactly what upstream computes: accumulators are per-decay
+functions vectorised with ``jax.vmap(..., out_axes=-1)``, so states carry a
+trailing decay axis and a per-decay step counter ``t`` of shape ``(k,)``.
+The one deliberate choice is ``factored_dims``, imported from
+``pylo.core.shapes`` so torch and JAX share one tie-breaking rule.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pylo.core.shapes import factored_dims  # noqa: F401  (re-exported: the shared rule)
+
+TANH_TIMESCALES = (1, 3, 10, 30, 100, 300, 1000, 3000, 10000, 30000, 100000)
+FRACTION_OFFSETS = (0.03, 0.1, 0.2, 0.4, 0.6, 0.8, 0.9, 1.0, 1.1)
+
+
+class MomAccumulator(NamedTuple):
+    m: Any
+    t: Any
+
+
+class RMSAccumulator(NamedTuple):
+    rms: Any
+    t: Any
+
+
+@flax.struct.dataclass
+class FactoredAccum:
+    v_col: Any
+    v_row: Any
+    v_diag: Any
+
+
+class InitUpdate(NamedTuple):
+    init: Callable
+    update: Callable
+
+
+def _rolling_mom(decay) -> InitUpdate:
+    def init(p):
+        return MomAccumulator(m=jax.tree_util.tree_map(jnp.zeros_like, p), t=jnp.asarray(0, jnp.int32))
+
+    def update(state, grad):
+        m = jax.tree_util.tree_map(lambda a, b: decay * a + (1 - decay) * b, state.m, grad)
+        return MomAccumulator(m=m, t=state.t + 1)
+
+    return InitUpdate(init, update)
+
+
+def _rolling_rms(decay) -> InitUpdate:
+    def init(p):
+        return RMSAccumulator(rms=jax.tree_util.tree_map(jnp.zeros_like, p), t=jnp.asarray(0, jnp.int32))
+
+    def update(state, grad):
+        d = jnp.clip(decay, 0.0, 1.0)
+        rms = jax.tree_util.tree_map(lambda a, b: d * a + (1 - d) * (b * b), state.rms, grad)
+        return RMSAccumulator(rms=rms, t=state.t + 1)
+
+    return InitUpdate(init, update)
+
+
+def safe_rsqrt(x):
+    return jax.lax.rsqrt(jnp.maximum(x, 1e-9))
+
+
+def _factored_rolling(decay, epsilon: float = 1e-30) -> InitUpdate:
+    def init_one(p):
+        dims = factored_dims(p.shape)
+        if dims is None:
+            empty = jnp.asarray([], jnp.float32)
+            return empty, empty, jnp.zeros(p.shape, jnp.float32)
+        d1, d0 = dims
+        return (jnp.zeros(np.delete(p.shape, d0), jnp.float32), jnp.zeros(np.delete(p.shape, d1), jnp.float32),
+                jnp.asarray([], jnp.float32))
+
+    def init(params):
+        leaves, tree = jax.tree_util.tree_flatten(params)
+        rows, cols, diags = zip(*[init_one(p) for p in leaves]) if leaves else ((), (), ())
+        unflat = lambda xs: jax.tree_util.tree_unflatten(tree, list(xs))  # noqa: E731
+        return FactoredAccum(v_row=unflat(rows), v_col=unflat(cols), v_diag=unflat(diags))
+
+    def update_one(v_col, v_row, v_diag, g):
+        d = jnp.clip(decay, 0.0, 1.0)
+        mix = 1.0 - d
+        grad_sqr = g * g + epsilon
+        dims = factored_dims(g.shape)
+        if dims is None:
+            new_v = d * v_diag + mix * grad_sqr
+            empty = jnp.asarray([], jnp.float32)
+            return empty, empty, new_v, g * safe_rsqrt(new_v + 1e-9)
+        d1, d0 = dims
+        new_row = d * v_row + mix * jnp.mean(grad_sqr, axis=d0)
+        new_col = d * v_col + mix * jnp.mean(grad_sqr, axis=d1)
+        reduced_d1 = d1 - 1 if d1 > d0 else d1
+        row_mean = jnp.mean(new_row, axis=reduced_d1, keepdims=True)
+        row_factor = safe_rsqrt(new_row / (row_mean + 1e-9))
+        col_factor = safe_rsqrt(new_col)
+        fac_g = g * jnp.expand_dims(row_factor, d0) * jnp.expand_dims(col_factor, d1)
+        return new_col, new_row, jnp.asarray([], jnp.float32), fac_g
+
+    def update(state, grads):
+        cols, tree = jax.tree_util.tree_flatten(state.v_col)
+        rows = jax.tree_util.tree_leaves(state.v_row)
+        diags = jax.tree_util.tree_leaves(state.v_diag)
+        gs = jax.tree_util.tree_leaves(grads)
+        assert len(gs) == len(cols) == len(rows) == len(diags)
+        results = [update_one(*args) for args in zip(cols, rows, diags, gs)]
+        unflat = lambda i: jax.tree_util.tree_unflatten(tree, [r[i] for r in results])  # noqa: E731
+        return FactoredAccum(v_col=unflat(0), v_row=unflat(1), v_diag=unflat(2)), unflat(3)
+
+    return InitUpdate(init, update)
+
+
+def _vmap_over_decays(make: Callable[[Any], InitUpdate], decays) -> InitUpdate:
+    def init(p):
+        return jax.vmap(lambda d: make(d).init(p), out_axes=-1)(decays)
+
+    def update(state, grads):
+        return jax.vmap(lambda s, d: make(d).update(s, grads), in_axes=-1, out_axes=-1)(state, decays)
+
+    return InitUpdate(init, update)
+
+
+def vec_rolling_mom(decays) -> InitUpdate:
+    return _vmap_over_decays(_rolling_mom, decays)
+
+
+def vec_rolling_rms(decays) -> InitUpdate:
+    return _vmap_over_decays(_rolling_rms, decays)
+
+
+def vec_factored_rolling(decays) -> InitUpdate:
+    return _vmap_over_decays(_factored_rolling, decays)
+
+
+def second_moment_normalizer(x, axis, eps=1e-5):
+    return x * jax.lax.rsqrt(eps + jnp.mean(jnp.square(x), axis=axis, keepdims=True))
+
+
+def tanh_embedding(x):
+    taus = jnp.asarray(TANH_TIMESCALES, dtype=jnp.float32)
+    return jax.vmap(lambda tau: jnp.tanh(x / tau - 1.0))(taus)
+
+
+def fractional_tanh_embedding(x):
+    offsets = jnp.asarray(FRACTION_OFFSETS, dtype=jnp.float32)
+    return jax.vmap(lambda off: jnp.tanh((x - off) * 10.0))(offsets)
+
+
+def decay_to_param(x):
+    return jnp.log(1 - x) / 10.0
+
+
+def param_to_decay(x):
+    return 1 - jnp.exp(x * 10.0)
+
+
+def truncated_normal_init(key, shape, fan_in):
+    """Haiku's ``TruncatedNormal(stddev=1/sqrt(fan_in))``: truncated at +-2 before scaling."""
+    stddev = 1.0 / np.sqrt(fan_in)
+    return (stddev * jax.random.truncated_normal(key, -2.0, 2.0, shape, jnp.float32)).astype(jnp.float32)
