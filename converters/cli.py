@@ -1,8 +1,9 @@
-"""``pylo-convert``: convert learned-optimizer checkpoints between upstream JAX and pylo.
+"""pylo-convert: convert learned-optimizer checkpoints between upstream JAX and pylo.
 
     pylo-convert SRC DST --optimizer NAME            JAX (or PyLO hub folder) -> pylo folder
     pylo-convert SRC DST --to jax [--container C]    pylo folder -> upstream flax msgpack
     pylo-convert inspect SRC                         print the tree and what it looks like
+    pylo-convert list                                known published checkpoints
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import argparse
 import sys
 from typing import List, Optional
 
-from pylo.converters.convert import CONTAINERS, convert, inspect_source, to_jax
+from pylo.converters.convert import CONTAINERS, convert, inspect_source, list_known, to_jax
 from pylo.errors import PyloError
 
 OPTIMIZERS = ("adafaclo", "mulo", "velo", "celo2", "elo_celo2", "elo", "celo")
@@ -36,7 +37,8 @@ def _convert_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pylo-convert", description=__doc__.split("\n")[0],
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 usage="pylo-convert SRC DST (--optimizer NAME | --to jax) [options]\n"
-                                      "       pylo-convert inspect SRC")
+                                      "       pylo-convert inspect SRC\n"
+                                      "       pylo-convert list")
     p.add_argument("src", metavar="SRC", help="checkpoint to read (file or folder)")
     p.add_argument("dst", metavar="DST", help="folder to write (--to torch) or msgpack file (--to jax)")
     p.add_argument("--optimizer", choices=OPTIMIZERS, type=str.lower,
@@ -59,6 +61,11 @@ def main(argv: Optional[List[str]] = None) -> int:
             ip.add_argument("src", metavar="SRC")
             args = ip.parse_args(argv[1:])
             print(inspect_source(args.src))
+            return 0
+        if argv and argv[0] == "list":
+            argparse.ArgumentParser(prog="pylo-convert list",
+                                    description="List the known published checkpoints.").parse_args(argv[1:])
+            print(list_known())
             return 0
         args = _convert_parser().parse_args(argv)
         if args.to == "jax":

@@ -7,6 +7,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from pylo import checkpoints
 from pylo.checkpoint_io import FORMAT_VERSION, META_KEY, write_bytes_atomic, write_checkpoint
 from pylo.converters import flax_msgpack
 from pylo.converters.mappings import Family, family_for, guess_family
@@ -40,6 +41,9 @@ def convert(src, dst, optimizer: str, *, overwrite: bool = False) -> Path:
                   "file": Path(source.path).name}
         if source.gin_config is not None:
             origin["config.gin"] = source.gin_config
+        known = checkpoints.by_sha256(source.meta.get("sha256", ""))
+        if known is not None:
+            origin["registry"] = known.name
     else:
         _family_of_torch_source(source, optimizer)
         theta = fam.to_jax(source.checkpoint.config, source.checkpoint.tensors, source.path)  # validates
@@ -85,6 +89,9 @@ def inspect_source(src) -> str:
                 lines.append(f"  {path_str(path):<45} {type(leaf).__name__} {leaf!r}")
         lines.append(f"total:     {total} values in {len(array_leaves(source.theta))} arrays")
         lines.append("looks like: " + _looks_like(source.theta))
+        known = checkpoints.by_sha256(source.meta.get("sha256", ""))
+        if known is not None:
+            lines.append(f"registry:  {known.name} ({known.description}; {known.location})")
     else:
         ckpt = source.checkpoint
         meta = ckpt.config.get(META_KEY)
@@ -109,3 +116,11 @@ def _looks_like(theta: Dict) -> str:
     except CheckpointError as e:
         return f"{fam.name}, but it does not convert: {e}"
     return f"{fam.describe(config)}  -> pylo-convert SRC DST --optimizer {fam.optimizers[0]}"
+
+
+def list_known() -> str:
+    """The registry of published checkpoints as a table."""
+    rows = [("name", "optimizer", "format", "location")]
+    rows += [(e.name, e.optimizer, e.format, e.location) for e in checkpoints.known()]
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r[:3], widths)) + "  " + r[3] for r in rows)

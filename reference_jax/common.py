@@ -167,3 +167,51 @@ def truncated_normal_init(key, shape, fan_in):
     """Haiku's ``TruncatedNormal(stddev=1/sqrt(fan_in))``: truncated at +-2 before scaling."""
     stddev = 1.0 / np.sqrt(fan_in)
     return (stddev * jax.random.truncated_normal(key, -2.0, 2.0, shape, jnp.float32)).astype(jnp.float32)
+
+
+HYPER_GROUP_WIDTHS = (1, 1, 1, 3, 1, 3, 1, 3, 1, 3, 3, 3, 3, 3)
+
+
+def hyper_feature_groups(p, g, m, rms, fac_g, v_col, v_row, v_diag, *, rms_eps, diag_groups):
+    """HyperV2 / Celo / CELO2 ``_ff_mod`` inputs (before normalisation), in upstream's order.
+
+    ``diag_groups``: for rank < 2, add the diagonal Adafactor groups (HyperV2 and
+    Celo do, with ``fac_mom_mult = m * v_diag**-0.5``; CELO2 does not).
+    ``rms_eps``: 1e-6 (HyperV2, Celo) or 1e-8 (CELO2).
+    """
+    rsqrt = jax.lax.rsqrt(rms + rms_eps)
+    inps = [jnp.expand_dims(g, -1), jnp.expand_dims(jnp.clip(g, -0.1, 0.1), -1), jnp.expand_dims(p, -1), m, rms,
+            m * rsqrt, rsqrt, fac_g, jnp.expand_dims(g, -1) * rsqrt]
+    dims = factored_dims(g.shape)
+    if dims is not None:
+        d1, d0 = dims
+        tile = [1] * (1 + len(g.shape))
+        tile[d0] = g.shape[d0]
+        row_feat = jnp.tile(jnp.expand_dims(v_row, d0), tile)
+        tile = [1] * (1 + len(g.shape))
+        tile[d1] = g.shape[d1]
+        col_feat = jnp.tile(jnp.expand_dims(v_col, d1), tile)
+        inps += [row_feat, col_feat, jax.lax.rsqrt(row_feat + 1e-8), jax.lax.rsqrt(col_feat + 1e-8)]
+        reduced_d1 = d1 - 1 if d1 > d0 else d1
+        row_col_mean = jnp.mean(v_row, axis=reduced_d1, keepdims=True)
+        row_factor = safe_rsqrt(v_row / (row_col_mean + 1e-9))
+        col_factor = safe_rsqrt(v_col)
+        inps.append(m * jnp.expand_dims(row_factor, d0) * jnp.expand_dims(col_factor, d1))
+    elif diag_groups:
+        inps += [v_diag, v_diag, jax.lax.rsqrt(v_diag + 1e-8), jax.lax.rsqrt(v_diag + 1e-8), m * v_diag ** -0.5]
+    return inps
+
+
+def split_input_mlp(inps, w0, b0, dense_w, dense_b, act=jax.nn.relu):
+    """``act(sum_i inps[i] @ w0[i] + b0)`` then dense layers, as upstream's unrolled first layer."""
+    o = jnp.zeros(inps[0].shape[:-1] + w0[0].shape[1:])
+    for x, w in zip(inps, w0):
+        o = o + x @ w
+    o = o + jnp.broadcast_to(b0, list(o.shape[:-1]) + [o.shape[-1]])
+    o = act(o)
+    for i, (w, b) in enumerate(zip(dense_w, dense_b)):
+        o = o @ w
+        o = o + jnp.broadcast_to(b, list(o.shape[:-1]) + [o.shape[-1]])
+        if i != len(dense_w) - 1:
+            o = act(o)
+    return o

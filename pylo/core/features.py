@@ -10,6 +10,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 
 from pylo.core.accumulators import mean_over, row_col_factors
+from pylo.core.shapes import factored_dims
 
 #: ``tanh_embedding`` timescales (AdafacMLPLOpt, MLPLOpt, MuLO, ELO)
 TANH_TIMESCALES = (1, 3, 10, 30, 100, 300, 1000, 3000, 10000, 30000, 100000)
@@ -59,3 +60,29 @@ def adafactor_features(m: torch.Tensor, v_row: torch.Tensor, v_col: torch.Tensor
         row_factor, col_factor = row_col_factors(v_row, v_col, dims)
         fac_mom_mult = m * row_factor * col_factor
     return [row, col, torch.rsqrt(row + 1e-8), torch.rsqrt(col + 1e-8), fac_mom_mult]
+
+
+#: widths of the 14 per-element feature groups of VeLO / Celo / CELO2 (``w0__0`` .. ``w0__13``)
+HYPER_GROUP_WIDTHS = (1, 1, 1, 3, 1, 3, 1, 3, 1, 3, 3, 3, 3, 3)
+GRAD_CLIP_FEATURE = 0.1
+
+
+def hyper_feature_groups(p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, rms: torch.Tensor, fac_g: torch.Tensor,
+                         v_row: torch.Tensor, v_col: torch.Tensor, v_diag: torch.Tensor, *, rms_eps: float,
+                         diag_groups: bool) -> List[torch.Tensor]:
+    """The per-element feature groups of HyperV2 (VeLO), Celo and CELO2, un-normalised.
+
+    ``[g, clip(g, -0.1, 0.1), p, m, rms, m*rsqrt(rms+eps), rsqrt(rms+eps), fac_g,
+    g*rsqrt(rms+eps)]`` followed, for factored tensors (rank >= 2), by the five
+    Adafactor groups. For rank < 2, VeLO and Celo (``diag_groups=True``) add the
+    diagonal versions (``fac_mom_mult = m * v_diag**-0.5``, no epsilon) while
+    CELO2 adds none. ``rms_eps`` is 1e-6 (VeLO, Celo) or 1e-8 (CELO2).
+    """
+    rsqrt = torch.rsqrt(rms + rms_eps)
+    g1 = g.unsqueeze(-1)
+    groups = [g1, torch.clamp(g1, -GRAD_CLIP_FEATURE, GRAD_CLIP_FEATURE), p.unsqueeze(-1), m, rms, m * rsqrt,
+              rsqrt, fac_g, g1 * rsqrt]
+    dims = factored_dims(p.shape)
+    if dims is not None or diag_groups:
+        groups += adafactor_features(m, v_row, v_col, v_diag, p.shape, dims, diag_mom_eps=0.0)
+    return groups

@@ -1,0 +1,67 @@
+"""pylo-parity: run the parity suite (torch vs JAX, per step) on the built-in fixtures.
+
+Prints a table, writes ``parity.json`` and ``parity.md``, and exits with status 1
+if any case exceeds the tolerance or fails to run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from typing import List, Optional
+
+from pylo.parity_tests import registry
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="pylo-parity", description=__doc__.split("\n")[0],
+        epilog="examples:\n  pylo-parity\n  pylo-parity --optimizer adafaclo --backend naive\n  pylo-parity --list",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    names = [i.name for i in registry.REGISTRY]
+    p.add_argument("--optimizer", action="append", choices=names, help="only this optimizer (repeatable)")
+    p.add_argument("--config", action="append", help="only this fixture config (repeatable)")
+    p.add_argument("--backend", action="append", help="only this backend (repeatable): naive, foreach, ...")
+    p.add_argument("--out", default="parity_report", help="folder for parity.json and parity.md (default: %(default)s)")
+    p.add_argument("--list", action="store_true", help="list the cases and exit")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    selected = list(registry.cases(args.optimizer, args.config, args.backend))
+    if not selected:
+        print("pylo-parity: no case matches the selection", file=sys.stderr)
+        return 2
+    if args.list:
+        for info, config, backend in selected:
+            print(f"{info.name:<10} {config.name:<20} {backend:<8} {config.steps:>4} steps  {config.description}")
+        return 0
+    missing = sorted({m for info, _, _ in selected for m in ("jax", "flax", "optax") + info.requires
+                      if importlib.util.find_spec(m) is None})
+    if missing:
+        print(f"pylo-parity: missing {', '.join(missing)}: pip install 'pylo-lopt[jax,mup]'", file=sys.stderr)
+        return 2
+
+    from tqdm import tqdm
+
+    from pylo.parity_tests.pipeline import run_case
+    from pylo.parity_tests.report import table, write
+
+    results = []
+    total = sum(config.steps for _, config, _ in selected)
+    with tqdm(total=total, unit="step", disable=args.no_progress, file=sys.stderr) as bar:
+        for info, config, backend in selected:
+            bar.set_description(f"{info.name}/{config.name}/{backend}")
+            results.append(run_case(info, config, backend, on_step=lambda _: bar.update(1)))
+    print(table(results))
+    paths = write(results, args.out)
+    failed = [r for r in results if not r.passed]
+    print(f"\n{len(results) - len(failed)}/{len(results)} cases passed; reports: {paths['json']}, {paths['markdown']}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""The parity registry: one :class:`OptimizerInfo` per optimizer, iterated by the pytest
+suite (``parity_tests/test_parity.py``) and by ``pylo-parity`` alike.
+
+An entry names the torch optimizer, how to build it from a converted
+checkpoint, the JAX reference, the ``pylo-convert`` name, the backends to run,
+and its fixture configs. Adding an optimizer means adding an entry here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+
+from pylo.optim import AdafacLO_naive, MuLO_naive
+from pylo.parity_tests.fixtures import DEFAULT_SHAPES, GRAD_SCALES, Shape
+
+NamedParams = List[Tuple[str, torch.nn.Parameter]]
+
+
+@dataclass(frozen=True)
+class ParityConfig:
+    """One fixture: reference/torch settings, shapes, steps and the upstream file layout."""
+
+    name: str
+    description: str
+    reference_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    torch_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    shapes: Mapping[str, Shape] = field(default_factory=lambda: dict(DEFAULT_SHAPES))
+    steps: int = 50
+    num_steps: int = 1000  # the training horizon handed to both optimizers
+    #: how the seeded theta is written before ``pylo-convert``: bare / parameter-checkpoint / tuple / pickle
+    container: str = "bare"
+    seed: int = 0
+    grad_scales: Tuple[float, ...] = GRAD_SCALES
+    #: standard deviation of the noise added to theta leaves that start at zero (biases, decay offsets)
+    theta_noise: float = 0.1
+
+
+@dataclass(frozen=True)
+class OptimizerInfo:
+    name: str  # registry key and ``pylo-convert --optimizer`` name
+    torch_class: Callable
+    make_torch: Callable[[NamedParams, str, ParityConfig, Mapping[str, Any]], torch.optim.Optimizer]
+    make_reference: Callable[[ParityConfig], Any]
+    configs: Tuple[ParityConfig, ...]
+    #: extra keyword arguments for the reference ``update`` (e.g. μLO's model_state), from the torch optimizer
+    reference_extras: Callable[[torch.optim.Optimizer, NamedParams], Dict] = lambda opt, named: {}
+    backends: Mapping[str, Mapping[str, Any]] = field(
+        default_factory=lambda: {"naive": {"foreach": False}, "foreach": {"foreach": True}})
+    needs_loss: bool = False
+    requires: Tuple[str, ...] = ()  # optional modules the torch side needs (e.g. "mup")
+
+
+# ============================================================== AdafacLO, MuLO
+def _adafaclo_torch(named: NamedParams, ckpt: str, config: ParityConfig, backend: Mapping) -> torch.optim.Optimizer:
+    return AdafacLO_naive(named, checkpoint_path=ckpt, **config.torch_kwargs, **backend)
+
+
+def _adafaclo_reference(config: ParityConfig):
+    from pylo.reference_jax.adafac_mlp_lopt import AdafacMLPLOpt
+
+    return AdafacMLPLOpt(**config.reference_kwargs)
+
+
+def _mulo_torch(named: NamedParams, ckpt: str, config: ParityConfig, backend: Mapping) -> torch.optim.Optimizer:
+    """MuLO as a user runs it: ``mup.set_base_shapes`` on a model, then ``MuLO(model.named_parameters())``."""
+    import mup
+
+    model = torch.nn.ParameterDict(dict(named))
+    base = torch.nn.ParameterDict({n: torch.nn.Parameter(torch.zeros(_base_shape(p.shape))) for n, p in named})
+    mup.set_base_shapes(model, base)
+    return MuLO_naive(list(model.named_parameters()), checkpoint_path=ckpt, **config.torch_kwargs, **backend)
+
+
+def _base_shape(shape) -> Tuple[int, ...]:
+    """A narrower 'base model' shape: every dimension of size >= 4 halved (those become μP-infinite)."""
+    return tuple(s // 2 if s >= 4 else s for s in shape)
+
+
+def _mulo_reference(config: ParityConfig):
+    from pylo.reference_jax.adafac_mlp_lopt import MuAdafacMLPLOpt
+
+    return MuAdafacMLPLOpt(**config.reference_kwargs)
+
+
+def _mulo_extras(opt: torch.optim.Optimizer, named: NamedParams) -> Dict:
+    import numpy as np
+
+    lr_of = {id(p): group["lr"] for group in opt.param_groups for p in group["params"]}
+    return {"model_state": {"mup_lrs_to_use": {n: np.float32(lr_of[id(p)]) for n, p in named}}}
+
+
+MULO_SIZE = dict(hidden_size=32, hidden_layers=2, step_mult=0.01)
+
+ADAFACLO = OptimizerInfo(
+    name="adafaclo",
+    torch_class=AdafacLO_naive,
+    make_torch=_adafaclo_torch,
+    make_reference=_adafaclo_reference,
+    configs=(
+        ParityConfig("mulo-size", "published defaults (hidden 32, step_mult 0.01), learned decays",
+                     reference_kwargs=MULO_SIZE),
+        ParityConfig("upstream-defaults", "AdafacMLPLOpt defaults (hidden 4, step_mult 1e-3), pickled theta",
+                     torch_kwargs=dict(step_mult=0.001), container="pickle", seed=1),
+    ),
+)
+
+MULO = OptimizerInfo(
+    name="mulo",
+    torch_class=MuLO_naive,
+    make_torch=_mulo_torch,
+    make_reference=_mulo_reference,
+    reference_extras=_mulo_extras,
+    requires=("mup",),
+    configs=(
+        ParityConfig("clip", "μLO with global-norm clipping, μP per-tensor lr scales",
+                     reference_kwargs=dict(MULO_SIZE, clip_grad=True), torch_kwargs=dict(clip_grad=True), seed=2),
+        ParityConfig("noclip", "μLO without clipping, ParameterCheckpoint file",
+                     reference_kwargs=MULO_SIZE, container="parameter-checkpoint", seed=3),
+    ),
+)
+
+REGISTRY: List[OptimizerInfo] = [ADAFACLO, MULO]
+
+
+def get(name: str) -> OptimizerInfo:
+    for info in REGISTRY:
+        if info.name == name:
+            return info
+    raise KeyError(f"no parity entry {name!r}; known: {', '.join(i.name for i in REGISTRY)}")
+
+
+def cases(optimizers: Optional[Sequence[str]] = None, configs: Optional[Sequence[str]] = None,
+          backends: Optional[Sequence[str]] = None):
+    """Yield ``(info, config, backend_name)`` for every selected case."""
+    for info in REGISTRY:
+        if optimizers and info.name not in optimizers:
+            continue
+        for config in info.configs:
+            if configs and config.name not in configs:
+                continue
+            for backend in info.backends:
+                if backends and backend not in backends:
+                    continue
+                yield info, config, backend

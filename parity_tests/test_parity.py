@@ -1,0 +1,23 @@
+"""Parity of every registered optimizer, config and backend with its JAX reference."""
+
+import pytest
+
+pytest.importorskip("jax")
+
+from pylo.parity_tests import registry  # noqa: E402
+from pylo.parity_tests.pipeline import TOLERANCE, run_case  # noqa: E402
+
+CASES = list(registry.cases())
+
+
+@pytest.mark.parametrize("info,config,backend", CASES, ids=[f"{i.name}-{c.name}-{b}" for i, c, b in CASES])
+def test_parity(info, config, backend):
+    for module in info.requires:
+        pytest.importorskip(module)
+    result = run_case(info, config, backend)
+    assert result.error is None, result.error
+    assert len(result.shapes) == len(config.shapes)
+    assert config.steps >= 50
+    worst = {n: (tuple(s.shape), s.max_abs, s.first_bad_step) for n, s in result.shapes.items()
+             if s.max_abs > TOLERANCE}
+    assert result.max_abs <= TOLERANCE, f"over {TOLERANCE:g}: {worst}"
