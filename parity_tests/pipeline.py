@@ -105,6 +105,28 @@ def write_upstream_checkpoint(theta, folder: Path, container: str) -> Path:
     return path
 
 
+def make_checkpoint(info: OptimizerInfo, config: ParityConfig, folder: Path):
+    """Steps 1-3: seeded theta from the reference, written upstream's way, converted by ``pylo-convert``.
+
+    Returns ``(reference, theta, converted_folder)``.
+    """
+    import jax
+
+    from pylo.converters.cli import main as pylo_convert
+
+    folder = Path(folder)
+    reference = info.make_reference(config)
+    theta = perturb_zero_leaves(reference.init(jax.random.PRNGKey(config.seed)), config.seed, config.theta_noise)
+    src = write_upstream_checkpoint(theta, folder, config.container)
+    ckpt = folder / "converted"
+    log = io.StringIO()
+    with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        status = pylo_convert([str(src), str(ckpt), "--optimizer", info.name])
+    if status != 0:
+        raise RuntimeError(f"pylo-convert failed: {log.getvalue().strip()}")
+    return reference, theta, ckpt
+
+
 def run_case(info: OptimizerInfo, config: ParityConfig, backend: str,
              on_step: Optional[Callable[[int], None]] = None) -> CaseResult:
     result = CaseResult(info.name, config.name, backend, config.description, config.steps, TOLERANCE)
@@ -121,20 +143,9 @@ def _run(info: OptimizerInfo, config: ParityConfig, backend: str, result: CaseRe
     import jax
     import jax.numpy as jnp
 
-    from pylo.converters.cli import main as pylo_convert
-
     with jax.default_matmul_precision("highest"), tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        reference = info.make_reference(config)
-        theta = perturb_zero_leaves(reference.init(jax.random.PRNGKey(config.seed)), config.seed, config.theta_noise)
-        src = write_upstream_checkpoint(theta, tmp, config.container)
-        ckpt = tmp / "converted"
-        log = io.StringIO()
-        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-            status = pylo_convert([str(src), str(ckpt), "--optimizer", info.name])
-        if status != 0:
-            raise RuntimeError(f"pylo-convert failed: {log.getvalue().strip()}")
-
+        reference, theta, ckpt = make_checkpoint(info, config, tmp)
         init = fixtures.initial_params(config.shapes, config.seed)
         named = [(n, torch.nn.Parameter(torch.from_numpy(a.copy()))) for n, a in init.items()]
         opt = info.make_torch(named, str(ckpt), config, info.backends[backend])
