@@ -8,6 +8,8 @@ JAX's HWIO layout, as a JAX model would hold the same kernel).
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 from typing import Dict, Tuple
 
 import numpy as np
@@ -64,3 +66,12 @@ def loss_curve(steps: int, seed: int) -> np.ndarray:
     plateau = np.where((t > 0.7 * steps) & (t < 0.85 * steps), 0.0, -0.002 * t)
     noise = 0.02 * rng.standard_normal(steps)
     return (1.0 + fall + bump + plateau + noise + 0.01 * math.pi).astype(np.float32)
+
+
+def shared_checkpoints_dir() -> Path:
+    """Where real published checkpoints live: ``PYLO_SHARED_CHECKPOINTS``, else ``../shared/checkpoints``
+    beside the repository (as in ``tests/conftest.py``)."""
+    env = os.environ.get("PYLO_SHARED_CHECKPOINTS")
+    if env:
+        return Path(env).expanduser()
+    return Path(__file__).resolve().parents[1].parent / "shared" / "checkpoints"
