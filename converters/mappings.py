@@ -299,6 +299,7 @@ def _hyper_config(leaves: Dict[Path, np.ndarray]) -> Dict:
         widths.append(int(_leaf(leaves, FF + (f"w0__{len(widths)}",), 3).shape[1]))
     if not widths:
         raise CheckpointError("theta has no ff_mod_stack/~/w0__0")
+    _check_group_widths(leaves, widths)
     layers = 1
     while FF + (f"w{layers}",) in leaves:
         layers += 1
@@ -308,6 +309,29 @@ def _hyper_config(leaves: Dict[Path, np.ndarray]) -> Dict:
             "input_size": sum(widths), "hidden_size": int(_leaf(leaves, FF + ("b0",), 2).shape[1]),
             "hidden_layers": layers - 2, "output_size": int(_leaf(leaves, FF + (f"w{layers - 1}",), 3).shape[2]),
             "group_widths": widths}
+
+
+def _consistent_widths(widths: Sequence[int]) -> bool:
+    """14 groups whose widths follow from some numbers of momentum / RMS / Adafactor decays."""
+    if len(widths) != 14:
+        return False
+    k_mom, k_rms, k_fac = widths[3], widths[4], widths[7]
+    return list(widths) == [1, 1, 1, k_mom, k_rms, max(k_mom, k_rms), k_rms, k_fac, k_rms, k_fac, k_fac, k_fac,
+                            k_fac, max(k_mom, k_fac)]
+
+
+def _check_group_widths(leaves: Dict[Path, np.ndarray], widths: Sequence[int]) -> None:
+    from pylo.core.features import HYPER_GROUP_WIDTHS
+
+    if _consistent_widths(widths):
+        return
+    for i, (got, want) in enumerate(zip(list(widths) + [None] * 14, HYPER_GROUP_WIDTHS)):
+        if got != want:
+            block = FF + (f"w0__{i}",)
+            shape = leaves[block].shape if block in leaves else "missing"
+            raise CheckpointError(f"theta {path_str(block)} has shape {shape}: the 14 feature-group blocks "
+                                  f"have {HYPER_GROUP_WIDTHS} inputs")
+    raise CheckpointError(f"theta has {len(widths)} ff_mod_stack/~/w0__<i> blocks, expected 14")
 
 
 def _velo_lstm_inputs(widths: Sequence[int]) -> int:

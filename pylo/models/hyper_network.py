@@ -138,8 +138,10 @@ class VeLOMLP(nn.Module):
         w_in, b_in = weights[0], weights[1]
         hidden_w, hidden_b = weights[2:2 + n], weights[2 + n:2 + 2 * n]
         w_out, b_out = weights[2 + 2 * n], weights[3 + 2 * n]
-        blocks = w_in.t().split(list(group_widths)[:len(groups)])
-        return split_input_mlp(groups, blocks, b_in, [w.t() for w in (*hidden_w, w_out)], [*hidden_b, b_out])
+        # contiguous (in, out) blocks: matmuls with transposed views take a slow path
+        blocks = w_in.t().contiguous().split(list(group_widths)[:len(groups)])
+        dense = [w.t().contiguous() for w in (*hidden_w, w_out)]
+        return split_input_mlp(groups, blocks, b_in, dense, [*hidden_b, b_out])
 
 
 class HyperNetwork(nn.Module, PyTorchModelHubMixin, license="apache-2.0", tags=["learned-optimizer", "pylo"]):
