@@ -157,6 +157,9 @@ class AdafacLO_naive(LearnedOptimizer):
             ``clip_by_global_norm``) when ``clip_grad=True`` or ``max_grad_norm`` is
             given, to ``max_grad_norm`` (default 1.0). Gradients then go through
             ``nan_to_num`` as in μLO.
+        nonfinite_grads: ``"raise"`` (default): a NaN/Inf gradient raises
+            ``NonFiniteGradientError`` and nothing changes; ``"upstream"``: μLO's
+            ``nan_to_num`` (NaN -> 0, Inf -> largest float32).
         concat_weights, make_separate_weights, split_weights: upstream's
             alternative evaluations of the same network; accepted for API
             compatibility, the result is the same.
@@ -185,7 +188,7 @@ class AdafacLO_naive(LearnedOptimizer):
                  concat_weights=True, make_separate_weights=False, split_weights=False, clip_grad=False,
                  weight_decay=0.0, mup_lrs=None, hf_key: Optional[str] = "btherien/mulo", *,
                  checkpoint_path=None, network: Optional[MetaMLP] = None, foreach: Optional[bool] = None,
-                 kernel_layout: str = "torch"):
+                 kernel_layout: str = "torch", nonfinite_grads: str = "raise"):
         check_number("lr", lr, minimum=0.0)
         check_number("exp_mult", exp_mult)
         check_number("step_mult", step_mult)
@@ -220,7 +223,7 @@ class AdafacLO_naive(LearnedOptimizer):
                         initial_adafactor_decays=[float(x) for x in initial_adafactor_decays],
                         kernel_layout=kernel_layout, foreach=foreach, concat_weights=concat_weights,
                         make_separate_weights=make_separate_weights, split_weights=split_weights)
-        super().__init__(params, defaults, net)
+        super().__init__(params, defaults, net, nonfinite_grads)
         self.clip_grad = bool(clip_grad) or max_grad_norm is not None
         self.max_grad_norm = 1.0 if max_grad_norm is None else float(max_grad_norm)
         self._decay_cache: Dict[Tuple, torch.Tensor] = {}
