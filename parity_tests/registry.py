@@ -93,12 +93,16 @@ def _mulo_extras(opt: torch.optim.Optimizer, named: NamedParams) -> Dict:
 
 
 MULO_SIZE = dict(hidden_size=32, hidden_layers=2, step_mult=0.01)
+#: the fused backend runs with tiny chunks here so that every fixture tensor spans several of them
+ADAFAC_BACKENDS = {"naive": {"backend": "naive"}, "foreach": {"backend": "foreach"},
+                   "fused": {"backend": "fused", "chunk_size": 7}}
 
 ADAFACLO = OptimizerInfo(
     name="adafaclo",
     torch_class=AdafacLO_naive,
     make_torch=_adafaclo_torch,
     make_reference=_adafaclo_reference,
+    backends=ADAFAC_BACKENDS,
     configs=(
         ParityConfig("mulo-size", "published defaults (hidden 32, step_mult 0.01), learned decays",
                      reference_kwargs=MULO_SIZE),
@@ -113,6 +117,7 @@ MULO = OptimizerInfo(
     make_torch=_mulo_torch,
     make_reference=_mulo_reference,
     reference_extras=_mulo_extras,
+    backends=ADAFAC_BACKENDS,
     requires=("mup",),
     configs=(
         ParityConfig("clip", "μLO with global-norm clipping, μP per-tensor lr scales",
