@@ -54,6 +54,15 @@ class OptimizerInfo:
         default_factory=lambda: {"naive": {"foreach": False}, "foreach": {"foreach": True}})
     needs_loss: bool = False
     requires: Tuple[str, ...] = ()  # optional modules the torch side needs (e.g. "mup")
+    #: extra kwargs per backend for parity runs only (e.g. tiny chunks so chunk boundaries are exercised)
+    parity_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    #: a meta-network of the published size with random weights, for ``pylo-bench`` (None: not benchmarked)
+    make_network: Optional[Callable[[], torch.nn.Module]] = None
+    #: constructor kwargs ``pylo-bench`` adds (e.g. ``num_steps``)
+    bench_kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+    def backend_kwargs(self, backend: str, parity: bool = False) -> Dict[str, Any]:
+        return {**self.backends[backend], **(self.parity_overrides.get(backend, {}) if parity else {})}
 
 
 # ============================================================== AdafacLO, MuLO
@@ -96,12 +105,25 @@ def _mulo_extras(opt: torch.optim.Optimizer, named: NamedParams) -> Dict:
 
 
 MULO_SIZE = dict(hidden_size=32, hidden_layers=2, step_mult=0.01)
+ADAFAC_BACKENDS = {"naive": {"backend": "naive"}, "foreach": {"backend": "foreach"}, "fused": {"backend": "fused"},
+                   "triton": {"backend": "triton"}}
+#: in parity runs the fused backend uses tiny chunks so that every fixture tensor spans several of them
+SMALL_CHUNKS = {"fused": {"chunk_size": 7}}
+
+
+def _meta_mlp_network() -> torch.nn.Module:
+    from pylo.models import MetaMLP
+
+    return MetaMLP(39, 32, 1)
 
 ADAFACLO = OptimizerInfo(
     name="adafaclo",
     torch_class=AdafacLO_naive,
     make_torch=_adafaclo_torch,
     make_reference=_adafaclo_reference,
+    backends=ADAFAC_BACKENDS,
+    parity_overrides=SMALL_CHUNKS,
+    make_network=_meta_mlp_network,
     configs=(
         ParityConfig("mulo-size", "published defaults (hidden 32, step_mult 0.01), learned decays",
                      reference_kwargs=MULO_SIZE),
@@ -116,6 +138,8 @@ MULO = OptimizerInfo(
     make_torch=_mulo_torch,
     make_reference=_mulo_reference,
     reference_extras=_mulo_extras,
+    backends=ADAFAC_BACKENDS,
+    parity_overrides=SMALL_CHUNKS,
     requires=("mup",),
     configs=(
         ParityConfig("clip", "μLO with global-norm clipping, μP per-tensor lr scales",
@@ -237,9 +261,18 @@ def get(name: str) -> OptimizerInfo:
     raise KeyError(f"no parity entry {name!r}; known: {', '.join(i.name for i in REGISTRY)}")
 
 
+def backend_available(backend: str, device: str = "cpu") -> bool:
+    """GPU-only backends run on CUDA, or on a CPU under ``TRITON_INTERPRET=1`` (Triton's interpreter)."""
+    if backend != "triton":
+        return True
+    from pylo.kernels import triton_available
+
+    return triton_available(torch.device(device))
+
+
 def cases(optimizers: Optional[Sequence[str]] = None, configs: Optional[Sequence[str]] = None,
-          backends: Optional[Sequence[str]] = None):
-    """Yield ``(info, config, backend_name)`` for every selected case."""
+          backends: Optional[Sequence[str]] = None, device: str = "cpu"):
+    """Yield ``(info, config, backend_name)`` for every selected case runnable on ``device``."""
     for info in REGISTRY:
         if optimizers and info.name not in optimizers:
             continue
@@ -247,6 +280,6 @@ def cases(optimizers: Optional[Sequence[str]] = None, configs: Optional[Sequence
             if configs and config.name not in configs:
                 continue
             for backend in info.backends:
-                if backends and backend not in backends:
+                if (backends and backend not in backends) or not backend_available(backend, device):
                     continue
                 yield info, config, backend

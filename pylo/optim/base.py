@@ -3,6 +3,10 @@
 * gradients are collected, validated (sparse and complex gradients are refused
   with a clear message) and copied to float32 work tensors; the caller's
   ``.grad`` is never modified;
+* a NaN or Inf gradient raises :class:`NonFiniteGradientError` before anything
+  changes (``nonfinite_grads="raise"``, the default; it costs one host sync per
+  step), or is handled exactly as upstream handles it (``"upstream"``: the μLO,
+  ELO and CELO2 wrappers apply ``nan_to_num``; VeLO and Celo propagate it);
 * ``step(closure)`` and ``step(loss)`` both work (the published PyLO API passes
   the loss positionally); a closure runs under ``torch.enable_grad()``;
 * optimizer state stays float32 whatever the parameter dtype, and
@@ -23,6 +27,11 @@ import torch
 from torch import nn
 
 LossLike = Union[torch.Tensor, float, int]
+NONFINITE_MODES = ("raise", "upstream")
+
+
+class NonFiniteGradientError(ValueError):
+    """A gradient holds NaN or Inf; the step was not taken and nothing changed."""
 
 
 class LearnedOptimizer(torch.optim.Optimizer):
@@ -31,8 +40,11 @@ class LearnedOptimizer(torch.optim.Optimizer):
     #: name used in messages
     display_name = "learned optimizer"
 
-    def __init__(self, params, defaults: Dict[str, Any], network: nn.Module):
+    def __init__(self, params, defaults: Dict[str, Any], network: nn.Module, nonfinite_grads: str = "raise"):
+        if nonfinite_grads not in NONFINITE_MODES:
+            raise ValueError(f"nonfinite_grads must be one of {NONFINITE_MODES}, got {nonfinite_grads!r}")
         super().__init__(params, defaults)
+        self.nonfinite_grads = nonfinite_grads
         for group in self.param_groups:
             for p in group["params"]:
                 if not (p.is_floating_point() or p.is_complex()):
@@ -71,7 +83,24 @@ class LearnedOptimizer(torch.optim.Optimizer):
                 params.append(p)
                 grads.append(p.grad.detach().to(torch.float32))
             out.append((group, params, grads))
+        if self.nonfinite_grads == "raise":
+            self._check_finite(out)
         return out
+
+    def _check_finite(self, entries) -> None:
+        flags = [torch.isfinite(g).all() for _, _, grads in entries for g in grads]
+        if not flags or bool(torch.stack([f.cpu() for f in flags]).all()):
+            return
+        bad, i = [], 0
+        for group, params, grads in entries:
+            names = dict(zip(map(id, group["params"]), group.get("param_names", [])))
+            for p, _ in zip(params, grads):
+                if not bool(flags[i]):
+                    bad.append(repr(names[id(p)]) if id(p) in names else f"#{i} {tuple(p.shape)}")
+                i += 1
+        raise NonFiniteGradientError(
+            f"non-finite gradient (NaN or Inf) in {', '.join(bad)}: step not taken, parameters and optimizer state "
+            "unchanged (pass nonfinite_grads='upstream' to handle it as upstream does)")
 
     @staticmethod
     def _resolve_loss(closure: Optional[Union[Callable[[], LossLike], LossLike]],
