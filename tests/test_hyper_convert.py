@@ -128,8 +128,14 @@ def test_no_config_tuple_checkpoint_records_the_legacy_flags(tmp_path):
     ckpt = check_tensors(tmp_path / "out", theta)
     assert ckpt.config["pylo"]["optimizer_config"] == {"use_bugged_loss_features": True,
                                                       "use_bugged_next_lstm_state": True}
-    with pytest.warns(UserWarning, match="use_bugged_loss_features=True"):
+    with pytest.warns(UserWarning, match="use_bugged_loss_features=True, use_bugged_next_lstm_state=True"):
         VeLO([torch.nn.Parameter(torch.ones(3))], checkpoint_path=str(tmp_path / "out"))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the matching flags: no warning
+        VeLO([torch.nn.Parameter(torch.ones(3))], checkpoint_path=str(tmp_path / "out"),
+             use_bugged_loss_features=True, use_bugged_next_lstm_state=True)
 
 
 def test_legacy_flax_namedtuple_encoding(tmp_path):

@@ -52,7 +52,7 @@ class Celo_naive(HyperOptimizerBase):
         checkpoint_path: a pylo checkpoint folder (``pylo-convert ... --optimizer celo``).
         network: a ready :class:`~pylo.models.HyperNetwork`; wins over everything.
         clip_grad, max_grad_norm, all_reduce_loss, initial_*_decays, foreach,
-        kernel_layout: as for :class:`~pylo.optim.VeLO_naive`.
+        kernel_layout, nonfinite_grads: as for :class:`~pylo.optim.VeLO_naive`.
 
     ``step(loss)`` needs the loss (or a closure returning it).
 
@@ -71,7 +71,7 @@ class Celo_naive(HyperOptimizerBase):
                  max_grad_norm=None, all_reduce_loss: bool = False,
                  initial_momentum_decays=DEFAULT_MOMENTUM_DECAYS, initial_rms_decays=DEFAULT_RMS_DECAYS,
                  initial_adafactor_decays=DEFAULT_ADAFACTOR_DECAYS, foreach: Optional[bool] = None,
-                 kernel_layout: str = "torch"):
+                 kernel_layout: str = "torch", nonfinite_grads: str = "raise"):
         if train_phase not in (1, 2):
             raise ValueError(f"train_phase must be 1 or 2, got {train_phase!r}")
         if network is None and checkpoint_path is None and not hf_key:
@@ -89,7 +89,7 @@ class Celo_naive(HyperOptimizerBase):
                          initial_momentum_decays=initial_momentum_decays, initial_rms_decays=initial_rms_decays,
                          initial_adafactor_decays=initial_adafactor_decays, interp_mult=1.0, clip_grad=clip_grad,
                          max_grad_norm=max_grad_norm, all_reduce_loss=all_reduce_loss, max_training_steps=None,
-                         foreach=foreach, kernel_layout=kernel_layout)
+                         foreach=foreach, kernel_layout=kernel_layout, nonfinite_grads=nonfinite_grads)
 
     def lstm_input_size(self, decays) -> int:
         return len(FRACTION_OFFSETS) + (LOSS_BUFFER_SIZE - 1)

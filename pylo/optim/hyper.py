@@ -157,7 +157,8 @@ class HyperOptimizerBase(LearnedOptimizer):
                  weight_decay_mode: str, momentum_decays, rms_decays, adafactor_decays, initial_momentum_decays,
                  initial_rms_decays, initial_adafactor_decays, interp_mult: float, clip_grad: bool,
                  max_grad_norm: Optional[float], all_reduce_loss: bool, max_training_steps: Optional[int],
-                 foreach: Optional[bool], kernel_layout: str, extra_defaults: Optional[Dict] = None):
+                 foreach: Optional[bool], kernel_layout: str, nonfinite_grads: str = "raise",
+                 extra_defaults: Optional[Dict] = None):
         check_number("lr", lr, minimum=0.0)
         check_number("exp_mult", exp_mult)
         check_number("step_mult", step_mult)
@@ -182,7 +183,7 @@ class HyperOptimizerBase(LearnedOptimizer):
         defaults = dict(lr=lr, exp_mult=exp_mult, step_mult=step_mult, weight_decay=weight_decay,
                         momentum_decays=decays[0], rms_decays=decays[1], adafactor_decays=decays[2],
                         kernel_layout=kernel_layout, foreach=foreach, **(extra_defaults or {}))
-        super().__init__(params, defaults, network)
+        super().__init__(params, defaults, network, nonfinite_grads=nonfinite_grads)
         self.num_steps = int(num_steps)
         self.weight_decay_mode = weight_decay_mode
         self.interp_mult = float(interp_mult)
@@ -267,7 +268,9 @@ class HyperOptimizerBase(LearnedOptimizer):
     def step(self, closure=None, loss=None):
         """One update; takes the loss (``step(loss)``, ``step(loss=...)``) or a closure returning it.
 
-        Returns the loss. Nothing is modified if the loss or a gradient is NaN.
+        Returns the loss. With ``nonfinite_grads="raise"`` (default) a NaN/Inf gradient or
+        loss raises and nothing changes; with ``"upstream"`` they go through as upstream
+        lets them (gradients clipped to +-1000, NaN propagating).
         """
         loss = self._resolve_loss(closure, loss)
         if loss is None:
@@ -282,7 +285,8 @@ class HyperOptimizerBase(LearnedOptimizer):
             grads = clip_by_global_norm(grads, self.max_grad_norm)
         if self.weight_decay_mode == "prefab" and any(group["weight_decay"] for group, _, _ in items):
             loss_t, grads = self._prefab_weight_decay(items, grads, loss_t)
-        self._check_finite(items, grads, loss_t)
+        if self.nonfinite_grads == "raise":
+            self._check_loss(loss_t)
         items = [(group, p, g) for (group, p, _), g in zip(items, grads)]
         if self.num_average > 1:
             ready = self._accumulate(items, loss_t, main)
@@ -304,17 +308,11 @@ class HyperOptimizerBase(LearnedOptimizer):
             penalty = term if penalty is None else penalty + term
         return loss_t + penalty, out
 
-    def _check_finite(self, items, grads, loss_t) -> None:
-        flags = [torch.isnan(g).any().to(loss_t.device) for g in grads]
-        bad_grads = torch.stack(flags) if flags else torch.zeros(0, dtype=torch.bool, device=loss_t.device)
-        status = torch.cat([(~torch.isfinite(loss_t)).reshape(1), bad_grads]).cpu()
-        if status[0]:
-            raise RuntimeError(f"{self.display_name}: the loss is not finite ({loss_t.item()}); nothing was "
-                               "updated")
-        if status[1:].any():
-            shapes = [tuple(items[i][1].shape) for i in torch.nonzero(status[1:]).flatten().tolist()]
-            raise RuntimeError(f"{self.display_name}: NaN in the gradients of parameters of shape "
-                               f"{', '.join(map(str, shapes))}; nothing was updated")
+    def _check_loss(self, loss_t: torch.Tensor) -> None:
+        value = float(loss_t)
+        if not math.isfinite(value):
+            raise ValueError(f"{self.display_name}: the loss is not finite ({value}): step not taken, parameters "
+                             "and optimizer state unchanged")
 
     def _global_state(self, device) -> Dict:
         state = self.state.get(GLOBAL_STATE_KEY)
@@ -409,11 +407,12 @@ class HyperOptimizerBase(LearnedOptimizer):
     def _warn_on_training_config(self, config: Dict, **flags) -> None:
         """Warn when the checkpoint records training flags that differ from the ones in use."""
         recorded = config.get("pylo", {}).get("optimizer_config", {}) if isinstance(config, dict) else {}
-        for name, value in flags.items():
-            if name in recorded and bool(recorded[name]) != bool(value):
-                warnings.warn(f"{self.display_name}: the checkpoint was trained with {name}={recorded[name]}, "
-                              f"but {name}={value} is in use; pass {name}={recorded[name]} to reproduce upstream",
-                              stacklevel=3)
+        differ = [name for name, value in flags.items() if name in recorded and bool(recorded[name]) != bool(value)]
+        if differ:
+            want = ", ".join(f"{name}={bool(recorded[name])}" for name in differ)
+            warnings.warn(f"{self.display_name}: the checkpoint was trained with {want}, but "
+                          f"{', '.join(f'{n}={bool(flags[n])}' for n in differ)} is in use; pass {want} to reproduce "
+                          "upstream", stacklevel=3)
 
 
 def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:

@@ -118,6 +118,9 @@ class VeLO_naive(HyperOptimizerBase):
         kernel_layout: ``"torch"`` (default) treats 4-D tensors as OIHW conv
             kernels and computes in JAX's HWIO layout, as upstream sees the same
             kernel; ``"jax"`` takes 4-D tensors as they are.
+        nonfinite_grads: ``"raise"`` (default): a NaN/Inf gradient or loss raises
+            before anything changes; ``"upstream"``: as upstream (gradients clipped
+            to +-1000, so Inf is harmless; NaN propagates).
 
     ``step(loss)`` needs the loss (or a closure returning it). Parameters
     without a gradient sit a step out, keeping their own LSTM state.
@@ -143,7 +146,7 @@ class VeLO_naive(HyperOptimizerBase):
                  use_bugged_next_lstm_state: bool = False, weight_decay_mode: str = "decoupled",
                  all_reduce_loss: bool = False, max_training_steps: Optional[int] = MAX_TRAINING_STEPS,
                  ff_mult: float = 100.0, max_grad_norm=None, foreach: Optional[bool] = None,
-                 kernel_layout: str = "torch"):
+                 kernel_layout: str = "torch", nonfinite_grads: str = "raise"):
         if mup_lrs is not None:
             raise ValueError("mup_lrs is not supported by VeLO (upstream's VeLO has no μP scales)")
         if network is None and checkpoint_path is None and not (hf_key_rnn and hf_key_mlp):
@@ -163,7 +166,7 @@ class VeLO_naive(HyperOptimizerBase):
                          initial_adafactor_decays=initial_adafactor_decays, interp_mult=ff_mult,
                          clip_grad=clip_grad, max_grad_norm=max_grad_norm, all_reduce_loss=all_reduce_loss,
                          max_training_steps=max_training_steps, foreach=foreach, kernel_layout=kernel_layout,
-                         extra_defaults=dict(concat_weights=concat_weights,
+                         nonfinite_grads=nonfinite_grads, extra_defaults=dict(concat_weights=concat_weights,
                                              make_separate_weights=make_separate_weights,
                                              split_weights=split_weights))
         self._warn_on_training_config(config, use_bugged_loss_features=use_bugged_loss_features,
