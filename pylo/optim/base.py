@@ -6,7 +6,8 @@
 * a NaN or Inf gradient raises :class:`NonFiniteGradientError` before anything
   changes (``nonfinite_grads="raise"``, the default; it costs one host sync per
   step), or is handled exactly as upstream handles it (``"upstream"``: the μLO,
-  ELO and CELO2 wrappers apply ``nan_to_num``; VeLO and Celo propagate it);
+  ELO and ELO-CELO2 wrappers apply ``nan_to_num``; CELO2's clamps +-inf to
+  +-1000 on its learned path only; VeLO and Celo propagate it);
 * ``step(closure)`` and ``step(loss)`` both work (the published PyLO API passes
   the loss positionally); a closure runs under ``torch.enable_grad()``;
 * optimizer state stays float32 whatever the parameter dtype, and
