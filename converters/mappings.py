@@ -72,7 +72,12 @@ class Family:
         non_arrays = [path_str(p) for p, v in _all_leaves(theta) if not isinstance(v, np.ndarray)]
         if non_arrays:
             raise CheckpointError(f"{origin}: non-array entries in theta: {', '.join(non_arrays)}")
-        config = self.infer_config(leaves)
+        try:
+            config = self.infer_config(leaves)
+        except CheckpointError as e:
+            other = guess_family(theta)
+            hint = f" (it looks like {other.name}: --optimizer {other.optimizers[0]})" if other else ""
+            raise CheckpointError(f"{origin}: not a {self.name}: {e}{hint}") from None
         tensor_rules, config_rules = self.rules(config)
         expected = {r.jax_path: r for r in [*tensor_rules, *config_rules]}
         _check_keys(origin, self.name, set(leaves), set(expected))

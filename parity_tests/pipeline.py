@@ -148,7 +148,7 @@ def _run(info: OptimizerInfo, config: ParityConfig, backend: str, result: CaseRe
         reference, theta, ckpt = make_checkpoint(info, config, tmp)
         init = fixtures.initial_params(config.shapes, config.seed)
         named = [(n, torch.nn.Parameter(torch.from_numpy(a.copy()))) for n, a in init.items()]
-        opt = info.make_torch(named, str(ckpt), config, info.backends[backend])
+        opt = info.make_torch(named, str(ckpt), config, info.backend_kwargs(backend, parity=True))
 
         lopt = reference.opt_fn(theta)
         state = lopt.init({n: jnp.asarray(fixtures.to_jax_layout(a)) for n, a in init.items()},

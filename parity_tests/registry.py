@@ -51,6 +51,15 @@ class OptimizerInfo:
         default_factory=lambda: {"naive": {"foreach": False}, "foreach": {"foreach": True}})
     needs_loss: bool = False
     requires: Tuple[str, ...] = ()  # optional modules the torch side needs (e.g. "mup")
+    #: extra kwargs per backend for parity runs only (e.g. tiny chunks so chunk boundaries are exercised)
+    parity_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    #: a meta-network of the published size with random weights, for ``pylo-bench`` (None: not benchmarked)
+    make_network: Optional[Callable[[], torch.nn.Module]] = None
+    #: constructor kwargs ``pylo-bench`` adds (e.g. ``num_steps``)
+    bench_kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+    def backend_kwargs(self, backend: str, parity: bool = False) -> Dict[str, Any]:
+        return {**self.backends[backend], **(self.parity_overrides.get(backend, {}) if parity else {})}
 
 
 # ============================================================== AdafacLO, MuLO
@@ -93,12 +102,24 @@ def _mulo_extras(opt: torch.optim.Optimizer, named: NamedParams) -> Dict:
 
 
 MULO_SIZE = dict(hidden_size=32, hidden_layers=2, step_mult=0.01)
+ADAFAC_BACKENDS = {"naive": {"backend": "naive"}, "foreach": {"backend": "foreach"}, "fused": {"backend": "fused"}}
+#: in parity runs the fused backend uses tiny chunks so that every fixture tensor spans several of them
+SMALL_CHUNKS = {"fused": {"chunk_size": 7}}
+
+
+def _meta_mlp_network() -> torch.nn.Module:
+    from pylo.models import MetaMLP
+
+    return MetaMLP(39, 32, 1)
 
 ADAFACLO = OptimizerInfo(
     name="adafaclo",
     torch_class=AdafacLO_naive,
     make_torch=_adafaclo_torch,
     make_reference=_adafaclo_reference,
+    backends=ADAFAC_BACKENDS,
+    parity_overrides=SMALL_CHUNKS,
+    make_network=_meta_mlp_network,
     configs=(
         ParityConfig("mulo-size", "published defaults (hidden 32, step_mult 0.01), learned decays",
                      reference_kwargs=MULO_SIZE),
@@ -113,6 +134,8 @@ MULO = OptimizerInfo(
     make_torch=_mulo_torch,
     make_reference=_mulo_reference,
     reference_extras=_mulo_extras,
+    backends=ADAFAC_BACKENDS,
+    parity_overrides=SMALL_CHUNKS,
     requires=("mup",),
     configs=(
         ParityConfig("clip", "μLO with global-norm clipping, μP per-tensor lr scales",
@@ -227,6 +250,8 @@ ELO = OptimizerInfo(
     torch_class=ELO_naive,
     make_torch=_elo_torch,
     make_reference=_elo_reference,
+    backends=ADAFAC_BACKENDS,
+    parity_overrides=SMALL_CHUNKS,
     configs=(
         ParityConfig("clip", "published size (hidden 32), lr 0.01, wd 0.1, global-norm clipping",
                      reference_kwargs=dict(ELO_SIZE, **_elo_constant(0.01), weight_decay=0.1, clip_grad=True),

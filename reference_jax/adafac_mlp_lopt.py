@@ -103,24 +103,7 @@ class AdafacMLPLOpt:
         """Direction and magnitude of one (at least 1-D) tensor: the 39 features through the MLP."""
         rsqrt = jax.lax.rsqrt(rms + 1e-6)
         inps = [jnp.expand_dims(g, -1), jnp.expand_dims(p, -1), m, rms, m * rsqrt, rsqrt, fac_g]
-        dims = common.factored_dims(g.shape)
-        if dims is not None:
-            d1, d0 = dims
-            tile = [1] * (1 + len(g.shape))
-            tile[d0] = g.shape[d0]
-            row_feat = jnp.tile(jnp.expand_dims(v_row, d0), tile)
-            tile = [1] * (1 + len(g.shape))
-            tile[d1] = g.shape[d1]
-            col_feat = jnp.tile(jnp.expand_dims(v_col, d1), tile)
-            inps += [row_feat, col_feat, jax.lax.rsqrt(row_feat + 1e-8), jax.lax.rsqrt(col_feat + 1e-8)]
-            reduced_d1 = d1 - 1 if d1 > d0 else d1
-            row_col_mean = jnp.mean(v_row, axis=reduced_d1, keepdims=True)
-            row_factor = common.safe_rsqrt(v_row / (row_col_mean + 1e-9))
-            col_factor = common.safe_rsqrt(v_col)
-            inps.append(m * jnp.expand_dims(row_factor, d0) * jnp.expand_dims(col_factor, d1))
-        else:
-            inps += [v_diag, v_diag, jax.lax.rsqrt(v_diag + 1e-8), jax.lax.rsqrt(v_diag + 1e-8)]
-            inps.append(m * (v_diag + 1e-6) ** -0.5)
+        inps += common.adafactor_feature_groups(m, v_col, v_row, v_diag, g.shape, diag_mom_eps=1e-6)
 
         axis = list(range(len(p.shape)))
         net = common.second_moment_normalizer(jnp.concatenate(inps, axis=-1), axis=axis, eps=NORMALIZER_EPS)

@@ -172,6 +172,32 @@ def truncated_normal_init(key, shape, fan_in):
 HYPER_GROUP_WIDTHS = (1, 1, 1, 3, 1, 3, 1, 3, 1, 3, 3, 3, 3, 3)
 
 
+def adafactor_feature_groups(m, v_col, v_row, v_diag, shape, *, diag_mom_eps):
+    """``[row, col, rsqrt(row + 1e-8), rsqrt(col + 1e-8), fac_mom_mult]`` as upstream builds them.
+
+    Factored tensors tile ``v_row``/``v_col`` over the axis they average out;
+    others use ``v_diag`` twice and ``fac_mom_mult = m * (v_diag + eps) ** -0.5``
+    (AdafacMLPLOpt: eps 1e-6; HyperV2 and Celo: no eps).
+    """
+    dims = factored_dims(shape)
+    if dims is None:
+        mult = m * v_diag ** -0.5 if not diag_mom_eps else m * (v_diag + diag_mom_eps) ** -0.5
+        return [v_diag, v_diag, jax.lax.rsqrt(v_diag + 1e-8), jax.lax.rsqrt(v_diag + 1e-8), mult]
+    d1, d0 = dims
+    tile = [1] * (1 + len(shape))
+    tile[d0] = shape[d0]
+    row_feat = jnp.tile(jnp.expand_dims(v_row, d0), tile)
+    tile = [1] * (1 + len(shape))
+    tile[d1] = shape[d1]
+    col_feat = jnp.tile(jnp.expand_dims(v_col, d1), tile)
+    reduced_d1 = d1 - 1 if d1 > d0 else d1
+    row_col_mean = jnp.mean(v_row, axis=reduced_d1, keepdims=True)
+    row_factor = safe_rsqrt(v_row / (row_col_mean + 1e-9))
+    col_factor = safe_rsqrt(v_col)
+    return [row_feat, col_feat, jax.lax.rsqrt(row_feat + 1e-8), jax.lax.rsqrt(col_feat + 1e-8),
+            m * jnp.expand_dims(row_factor, d0) * jnp.expand_dims(col_factor, d1)]
+
+
 def hyper_feature_groups(p, g, m, rms, fac_g, v_col, v_row, v_diag, *, rms_eps, diag_groups):
     """HyperV2 / Celo / CELO2 ``_ff_mod`` inputs (before normalisation), in upstream's order.
 
@@ -183,22 +209,8 @@ def hyper_feature_groups(p, g, m, rms, fac_g, v_col, v_row, v_diag, *, rms_eps, 
     inps = [jnp.expand_dims(g, -1), jnp.expand_dims(jnp.clip(g, -0.1, 0.1), -1), jnp.expand_dims(p, -1), m, rms,
             m * rsqrt, rsqrt, fac_g, jnp.expand_dims(g, -1) * rsqrt]
     dims = factored_dims(g.shape)
-    if dims is not None:
-        d1, d0 = dims
-        tile = [1] * (1 + len(g.shape))
-        tile[d0] = g.shape[d0]
-        row_feat = jnp.tile(jnp.expand_dims(v_row, d0), tile)
-        tile = [1] * (1 + len(g.shape))
-        tile[d1] = g.shape[d1]
-        col_feat = jnp.tile(jnp.expand_dims(v_col, d1), tile)
-        inps += [row_feat, col_feat, jax.lax.rsqrt(row_feat + 1e-8), jax.lax.rsqrt(col_feat + 1e-8)]
-        reduced_d1 = d1 - 1 if d1 > d0 else d1
-        row_col_mean = jnp.mean(v_row, axis=reduced_d1, keepdims=True)
-        row_factor = safe_rsqrt(v_row / (row_col_mean + 1e-9))
-        col_factor = safe_rsqrt(v_col)
-        inps.append(m * jnp.expand_dims(row_factor, d0) * jnp.expand_dims(col_factor, d1))
-    elif diag_groups:
-        inps += [v_diag, v_diag, jax.lax.rsqrt(v_diag + 1e-8), jax.lax.rsqrt(v_diag + 1e-8), m * v_diag ** -0.5]
+    if dims is not None or diag_groups:
+        inps += adafactor_feature_groups(m, v_col, v_row, v_diag, g.shape, diag_mom_eps=0.0)
     return inps
 
 

@@ -40,7 +40,7 @@ def _params(dtype=torch.float32, seed=0):
 def _build(entry, named, backend="naive", **overrides):
     info, config, ckpt = entry
     config = dataclasses.replace(config, torch_kwargs={**config.torch_kwargs, **overrides}) if overrides else config
-    return info.make_torch(named, ckpt, config, info.backends[backend])
+    return info.make_torch(named, ckpt, config, info.backend_kwargs(backend, parity=True))
 
 
 def _grads(named, step, scale=0.1):
@@ -245,16 +245,18 @@ def test_non_finite_gradients_raise_and_change_nothing(entry, bad):
     assert _equal_trees(opt.state_dict(), state_before)
 
 
-def test_foreach_matches_single_tensor(entry):
+def test_every_backend_matches_the_naive_one(entry):
     info = entry[0]
-    if "foreach" not in info.backends:
-        pytest.skip("no foreach backend")
-    a, b = _params(), _params()
-    opt_a, opt_b = _build(entry, a, "naive"), _build(entry, b, "foreach")
-    _run(entry, opt_a, a, 4)
-    _run(entry, opt_b, b, 4)
-    for (n, p), (_, q) in zip(a, b):
-        torch.testing.assert_close(p, q, rtol=0, atol=1e-6, msg=n)
+    others = [b for b in info.backends if b != "naive"]
+    if not others:
+        pytest.skip("only a naive backend")
+    ref = _params()
+    _run(entry, _build(entry, ref, "naive"), ref, 4)
+    for backend in others:
+        got = _params()
+        _run(entry, _build(entry, got, backend), got, 4)
+        for (n, p), (_, q) in zip(ref, got):
+            torch.testing.assert_close(q, p, rtol=0, atol=1e-6, msg=f"{backend}: {n}")
 
 
 def test_negative_lr_is_rejected(entry):

@@ -67,21 +67,35 @@ def adafaclo_inputs(p: torch.Tensor, g: torch.Tensor, state: Dict[str, torch.Ten
     return torch.cat([x, step_features], dim=-1)
 
 
+BACKENDS = ("naive", "foreach", "fused")
+
+
 def adafaclo(params: List[torch.Tensor], grads: List[torch.Tensor], states: List[Dict[str, torch.Tensor]], *,
              network: torch.nn.Module, decays: Tuple[torch.Tensor, torch.Tensor, torch.Tensor], lr: float,
              exp_mult: float, step_mult: float, weight_decay: float, kernel_layout: str,
-             foreach: bool) -> None:
-    """Functional AdafacLO update of one parameter group (gradients already sanitised).
+             backend: str = "naive", workspaces: Optional[Dict] = None, chunk_size: int = 16384) -> None:
+    """Functional AdafacLO update of one parameter group on one device (gradients already sanitised).
 
-    ``foreach=True`` updates momentum and RMS with multi-tensor kernels and runs
-    the MLP once over all tensors; ``False`` goes tensor by tensor. Both compute
-    the same update.
+    Backends compute the same update within float32 round-off:
+    ``"naive"`` goes tensor by tensor; ``"foreach"`` updates momentum and RMS
+    with multi-tensor kernels and runs the MLP once over all tensors;
+    ``"fused"`` (``pylo.optim.adafaclo_fused``) works in bounded memory with the
+    normaliser folded into the first layer.
     """
     if not params:
         return
-    fn = _multi_tensor_adafaclo if foreach else _single_tensor_adafaclo
-    fn(params, grads, states, network=network, decays=decays, lr=lr, exp_mult=exp_mult, step_mult=step_mult,
-       weight_decay=weight_decay, kernel_layout=kernel_layout)
+    kwargs = dict(network=network, decays=decays, lr=lr, exp_mult=exp_mult, step_mult=step_mult,
+                  weight_decay=weight_decay, kernel_layout=kernel_layout)
+    if backend == "fused":
+        from pylo.optim.adafaclo_fused import fused_adafaclo
+
+        fused_adafaclo(params, grads, states, workspaces=workspaces, chunk=chunk_size, **kwargs)
+    elif backend == "foreach":
+        _multi_tensor_adafaclo(params, grads, states, **kwargs)
+    elif backend == "naive":
+        _single_tensor_adafaclo(params, grads, states, **kwargs)
+    else:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
 
 
 def _init_state(state, p_work: torch.Tensor, decays) -> None:
@@ -167,7 +181,11 @@ class AdafacLO_naive(LearnedOptimizer):
         hf_key: hub repo of the meta-network (``"owner/name[@revision]"``).
         checkpoint_path: a local converted checkpoint (folder or file); wins over ``hf_key``.
         network: a ready :class:`~pylo.models.MetaMLP`; wins over everything.
-        foreach: multi-tensor implementation (default: True on CUDA).
+        foreach: shorthand for ``backend="foreach"``.
+        backend: ``"naive"`` (tensor by tensor, the default here), ``"foreach"``
+            (multi-tensor accumulators, one MLP call), ``"fused"`` (chunked, bounded
+            memory, fastest), or ``"auto"`` (the fastest; the default of :class:`AdafacLO`).
+        chunk_size: elements per chunk of the fused backend (bounds its transient memory).
         kernel_layout: ``"torch"`` (default) treats 4-D tensors as OIHW conv
             kernels and computes in JAX's HWIO layout, like upstream on the same
             kernel; ``"jax"`` takes 4-D tensors as they are.
@@ -187,7 +205,8 @@ class AdafacLO_naive(LearnedOptimizer):
                  concat_weights=True, make_separate_weights=False, split_weights=False, clip_grad=False,
                  weight_decay=0.0, mup_lrs=None, hf_key: Optional[str] = "btherien/mulo", *,
                  checkpoint_path=None, network: Optional[MetaMLP] = None, foreach: Optional[bool] = None,
-                 kernel_layout: str = "torch", nonfinite_grads: str = "raise"):
+                 kernel_layout: str = "torch", nonfinite_grads: str = "raise", backend: Optional[str] = None,
+                 chunk_size: int = 16384):
         check_number("lr", lr, minimum=0.0)
         check_number("exp_mult", exp_mult)
         check_number("step_mult", step_mult)
@@ -196,6 +215,12 @@ class AdafacLO_naive(LearnedOptimizer):
             check_number("max_grad_norm", max_grad_norm, minimum=0.0, strict=True)
         if kernel_layout not in KERNEL_LAYOUTS:
             raise ValueError(f"kernel_layout must be one of {KERNEL_LAYOUTS}, got {kernel_layout!r}")
+        if backend is None:
+            backend = "foreach" if foreach else "naive"
+        if not isinstance(chunk_size, int) or chunk_size < 1:
+            raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+        if backend not in BACKENDS + ("auto",):
+            raise ValueError(f"backend must be one of {BACKENDS + ('auto',)}, got {backend!r}")
         if mup_lrs is not None:
             raise ValueError("mup_lrs is not used (as upstream): μP learning-rate scales are the per-group lr; "
                              "use MuLO(model.parameters()) after mup.set_base_shapes")
@@ -220,12 +245,14 @@ class AdafacLO_naive(LearnedOptimizer):
                         initial_momentum_decays=[float(x) for x in initial_momentum_decays],
                         initial_rms_decays=[float(x) for x in initial_rms_decays],
                         initial_adafactor_decays=[float(x) for x in initial_adafactor_decays],
-                        kernel_layout=kernel_layout, foreach=foreach, concat_weights=concat_weights,
+                        kernel_layout=kernel_layout, backend=backend, chunk_size=chunk_size,
+                        concat_weights=concat_weights,
                         make_separate_weights=make_separate_weights, split_weights=split_weights)
         super().__init__(params, defaults, net, nonfinite_grads)
         self.clip_grad = bool(clip_grad) or max_grad_norm is not None
         self.max_grad_norm = 1.0 if max_grad_norm is None else float(max_grad_norm)
         self._decay_cache: Dict[Tuple, torch.Tensor] = {}
+        self._workspaces: Dict = {}
 
     def effective_decays(self, group) -> Tuple[List[float], List[float], List[float]]:
         """The group's momentum, RMS and Adafactor decays after the learned offsets."""
@@ -245,13 +272,22 @@ class AdafacLO_naive(LearnedOptimizer):
         """One update. ``closure`` (re-evaluates the model) or ``loss`` are optional; the loss is returned."""
         loss = self._resolve_loss(closure, loss)
         for group, params, grads in self._sanitized_entries(self.max_grad_norm if self.clip_grad else None, True):
+            backend = "fused" if group["backend"] == "auto" else group["backend"]
             for device, idx in self._by_device(params).items():
                 adafaclo([params[i] for i in idx], [grads[i] for i in idx], [self.state[params[i]] for i in idx],
                          network=self.network_on(device), decays=self._decay_tensors(group, device), lr=group["lr"],
                          exp_mult=group["exp_mult"], step_mult=group["step_mult"],
-                         weight_decay=group["weight_decay"], kernel_layout=group["kernel_layout"],
-                         foreach=self._foreach_for(group, device))
+                         weight_decay=group["weight_decay"], kernel_layout=group["kernel_layout"], backend=backend,
+                         workspaces=self._workspaces, chunk_size=group["chunk_size"])
         return loss
 
 
-AdafacLO = AdafacLO_naive
+class AdafacLO(AdafacLO_naive):
+    """AdafacLO on its fastest backend (``backend="auto"``): the recommended entry point.
+
+    Same arguments and results as :class:`AdafacLO_naive` (within float32
+    round-off); see there.
+    """
+
+    def __init__(self, params, *args, backend: Optional[str] = "auto", **kwargs):
+        super().__init__(params, *args, backend=backend, **kwargs)

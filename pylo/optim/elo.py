@@ -19,7 +19,7 @@ from the group (drive it with a scheduler), so a constant upstream schedule
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Dict, Optional
 
 import torch
 
@@ -27,7 +27,7 @@ from pylo.core.decays import DecayTensors, checked_decays
 from pylo.core.shapes import KERNEL_LAYOUTS
 from pylo.models.loading import NetworkSpec, load_network
 from pylo.models.meta_mlp import MetaMLP
-from pylo.optim.adafaclo import NUM_FEATURES, _build_meta_mlp, adafaclo
+from pylo.optim.adafaclo import BACKENDS, NUM_FEATURES, _build_meta_mlp, adafaclo
 from pylo.optim.base import LearnedOptimizer, check_number
 
 ELO_SPEC = NetworkSpec(name="ELO MetaMLP", module_type=MetaMLP, families=("elo",), build=_build_meta_mlp)
@@ -51,7 +51,10 @@ class ELO_naive(LearnedOptimizer):
         hf_key: hub repo of the meta-network (``"owner/name[@revision]"``).
         checkpoint_path: a local converted checkpoint (folder or file); wins over ``hf_key``.
         network: a ready :class:`~pylo.models.MetaMLP`; wins over everything.
-        foreach: multi-tensor implementation (default: True on CUDA).
+        foreach: shorthand for ``backend="foreach"``.
+        backend: AdafacLO's backends: ``"naive"`` (default), ``"foreach"``,
+            ``"fused"`` (chunked, bounded memory, fastest) or ``"auto"`` (the fastest).
+        chunk_size: elements per chunk of the fused backend.
         kernel_layout: ``"torch"`` (default) computes conv kernels in JAX's
             HWIO layout, as upstream sees the same kernel; ``"jax"`` takes 4-D
             tensors as they are.
@@ -67,13 +70,20 @@ class ELO_naive(LearnedOptimizer):
                  initial_momentum_decays=(0.9, 0.99, 0.999), initial_rms_decays=(0.999,),
                  initial_adafactor_decays=(0.9, 0.99, 0.999), clip_grad=False, clip_norm=1.0,
                  hf_key: Optional[str] = "DiamondXL/elo", checkpoint_path=None, network: Optional[MetaMLP] = None, *,
-                 foreach: Optional[bool] = None, kernel_layout: str = "torch", nonfinite_grads: str = "raise"):
+                 foreach: Optional[bool] = None, backend: Optional[str] = None, chunk_size: int = 16384,
+                 kernel_layout: str = "torch", nonfinite_grads: str = "raise"):
         check_number("lr", lr, minimum=0.0)
         check_number("exp_mult", exp_mult)
         check_number("weight_decay", weight_decay, minimum=0.0)
         check_number("clip_norm", clip_norm, minimum=0.0, strict=True)
         if kernel_layout not in KERNEL_LAYOUTS:
             raise ValueError(f"kernel_layout must be one of {KERNEL_LAYOUTS}, got {kernel_layout!r}")
+        if backend is None:
+            backend = "foreach" if foreach else "naive"
+        if backend not in BACKENDS + ("auto",):
+            raise ValueError(f"backend must be one of {BACKENDS + ('auto',)}, got {backend!r}")
+        if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
+            raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
         decays = {k: checked_decays(f"initial_{k}_decays", v) for k, v in (
             ("momentum", initial_momentum_decays), ("rms", initial_rms_decays),
             ("adafactor", initial_adafactor_decays))}
@@ -88,22 +98,25 @@ class ELO_naive(LearnedOptimizer):
             raise ValueError(f"ELO builds {NUM_FEATURES} features but the meta-network takes {net.input_size}")
         defaults = dict(lr=lr, exp_mult=exp_mult, weight_decay=weight_decay,
                         **{f"initial_{k}_decays": v for k, v in decays.items()}, kernel_layout=kernel_layout,
-                        foreach=foreach)
+                        backend=backend, chunk_size=chunk_size)
         super().__init__(params, defaults, net, nonfinite_grads)
         self.clip_grad = bool(clip_grad)
         self.clip_norm = float(clip_norm)
         self._decays = DecayTensors()
+        self._workspaces: Dict = {}
 
     @torch.no_grad()
     def step(self, closure=None, loss=None):
         """One update. ``closure`` (re-evaluates the model) or ``loss`` are optional; the loss is returned."""
         loss = self._resolve_loss(closure, loss)
         for group, params, grads in self._sanitized_entries(self.clip_norm if self.clip_grad else None, True):
+            backend = "fused" if group["backend"] == "auto" else group["backend"]
             for device, idx in self._by_device(params).items():
                 adafaclo([params[i] for i in idx], [grads[i] for i in idx], [self.state[params[i]] for i in idx],
                          network=self.network_on(device), decays=self._decays.of_group(group, device), lr=group["lr"],
                          exp_mult=group["exp_mult"], step_mult=1.0, weight_decay=group["weight_decay"],
-                         kernel_layout=group["kernel_layout"], foreach=self._foreach_for(group, device))
+                         kernel_layout=group["kernel_layout"], backend=backend, workspaces=self._workspaces,
+                         chunk_size=group["chunk_size"])
         return loss
 
 

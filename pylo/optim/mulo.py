@@ -15,7 +15,7 @@ from collections import defaultdict
 
 import torch
 
-from pylo.optim.adafaclo import AdafacLO_naive
+from pylo.optim.adafaclo import AdafacLO, AdafacLO_naive
 
 DEFAULT_LR = 1.0
 
@@ -79,4 +79,6 @@ def MuLO_naive(params, impl=AdafacLO_naive, **kwargs):
     return impl(new_groups, lr=base_lr, **kwargs)
 
 
-MuLO = MuLO_naive
+def MuLO(params, impl=AdafacLO, **kwargs):
+    """:func:`MuLO_naive` on AdafacLO's fastest backend (same arguments)."""
+    return MuLO_naive(params, impl=impl, **kwargs)

@@ -1,0 +1,1 @@
+"""``pylo-bench``: optimizer step time and memory, beside AdamW and the JAX references."""

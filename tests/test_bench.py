@@ -1,0 +1,53 @@
+"""pylo-bench runs end to end and reports what it promises (no timing assertions: benchmarks are not tests)."""
+
+import json
+
+import pytest
+import torch
+
+from pylo.bench import measure, workloads
+from pylo.bench.cli import main
+
+
+def test_workloads_have_the_documented_sizes():
+    assert workloads.numel(workloads.mlp()) == 1_863_690
+    assert 11e6 < workloads.numel(workloads.transformer()) < 12e6
+    assert any("embed" in name for name, _ in workloads.transformer())
+    assert workloads.parse_shapes("4x5, 3") == [("p0", (4, 5)), ("p1", (3,))]
+    with pytest.raises(ValueError, match="bad shape"):
+        workloads.parse_shapes("4xq")
+
+
+def test_transient_memory_is_measured_from_allocations():
+    x = torch.randn(500, 500)  # 1 MB
+
+    def step():
+        a = x * 2
+        b = a + 1  # two 1 MB tensors alive at once
+        del a, b
+
+    assert 2_000_000 <= measure.peak_transient_bytes(step, torch.device("cpu")) < 2_100_000
+
+
+def test_state_bytes_counts_storages_once():
+    p = torch.nn.Parameter(torch.zeros(10))
+    opt = torch.optim.Adam([p])
+    p.grad = torch.ones(10)
+    opt.step()
+    assert measure.state_bytes(opt) == 2 * 10 * 4 + 4  # exp_avg, exp_avg_sq, step
+
+
+def test_cli_writes_json_markdown_and_ratios(tmp_path, capsys):
+    status = main(["--shapes", "40x30,7", "--optimizer", "adafaclo", "--iters", "1", "--warmup", "1",
+                   "--out", str(tmp_path)])
+    assert status == 0
+    result = json.loads((tmp_path / "bench.json").read_text())
+    rows = {(r["optimizer"], r["backend"]): r for r in result["rows"]}
+    assert {("AdamW", "foreach"), ("AdamW", "fused"), ("adafaclo", "naive"), ("adafaclo", "fused")} <= set(rows)
+    fused = rows[("adafaclo", "fused")]
+    assert fused["error"] is None and fused["median_ms"] > 0 and fused["vs_naive"] > 0 and fused["vs_adamw"] > 0
+    assert fused["state_bytes_per_param"] >= 16  # momentum (3) + rms (1) floats per element
+    assert result["sgemm_gflops"] > 0 and "custom/adafaclo" in result["mlp_floor_ms"]
+    assert "ms/step" in (tmp_path / "bench.md").read_text()
+    if any(r["backend"] == "jax-jit" for r in result["rows"]):
+        assert rows[("adafaclo", "jax-jit")]["median_ms"] > 0 and fused["vs_jax"] > 0
