@@ -155,6 +155,12 @@ def _constant_lr(lr: float) -> Dict[str, float]:
     return dict(init_lr=lr, peak_lr=lr, end_lr=lr)
 
 
+def _celo2_network() -> torch.nn.Module:
+    from pylo.models import CELO2MLP
+
+    return CELO2MLP()
+
+
 def _celo2_torch(named: NamedParams, ckpt: str, config: ParityConfig, backend: Mapping) -> torch.optim.Optimizer:
     return CELO2_naive(named, checkpoint_path=ckpt, **config.torch_kwargs, **backend)
 
@@ -170,6 +176,7 @@ CELO2 = OptimizerInfo(
     torch_class=CELO2_naive,
     make_torch=_celo2_torch,
     make_reference=_celo2_reference,
+    make_network=_celo2_network,
     configs=(
         ParityConfig("celo2", "CELO2, lr 0.01, wd 0.1, adam_lr_mult 2, grads beyond the +-1000 clamp",
                      reference_kwargs=dict(_constant_lr(0.01), weight_decay=0.1, adam_lr_mult=2.0),
@@ -210,6 +217,7 @@ ELO_CELO2 = OptimizerInfo(
     torch_class=ELO_CELO2_naive,
     make_torch=_elo_celo2_torch,
     make_reference=_elo_celo2_reference,
+    make_network=_celo2_network,
     configs=(
         ParityConfig("defaults", "published defaults (lr 1e-3, wd 0.1, global-norm clipping), adam_lr_mult 20",
                      reference_kwargs=dict(_constant_lr(0.001), weight_decay=0.1, clip_grad=True, adam_lr_mult=20.0),
@@ -252,6 +260,7 @@ ELO = OptimizerInfo(
     make_reference=_elo_reference,
     backends=ADAFAC_BACKENDS,
     parity_overrides=SMALL_CHUNKS,
+    make_network=_meta_mlp_network,
     configs=(
         ParityConfig("clip", "published size (hidden 32), lr 0.01, wd 0.1, global-norm clipping",
                      reference_kwargs=dict(ELO_SIZE, **_elo_constant(0.01), weight_decay=0.1, clip_grad=True),

@@ -64,6 +64,10 @@ class CELO2MLP(nn.Module, PyTorchModelHubMixin, license="apache-2.0", tags=["lea
             std = w.shape[0] ** -0.5
             nn.init.trunc_normal_(w, std=std, a=-2 * std, b=2 * std)
 
+    def flops_per_element(self) -> int:
+        """Multiply-adds x 2 per element of a factored tensor (all feature groups)."""
+        return 2 * (sum(self.feature_dims) * self.hidden_size + sum(w.numel() for w in self.dense_w))
+
     def forward(self, groups: Sequence[torch.Tensor]) -> torch.Tensor:
         """``groups[i]`` is ``(..., feature_dims[i])``; fewer groups than blocks use the leading blocks."""
         if len(groups) > len(self.w0):
