@@ -23,6 +23,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--optimizer", action="append", choices=names, help="only this optimizer (repeatable)")
     p.add_argument("--config", action="append", help="only this fixture config (repeatable)")
     p.add_argument("--backend", action="append", help="only this backend (repeatable): naive, foreach, ...")
+    p.add_argument("--device", default="cpu", help="where the torch side runs: cpu or cuda (default: %(default)s; "
+                   "the triton backend needs cuda, or TRITON_INTERPRET=1 on a CPU)")
     p.add_argument("--out", default="parity_report", help="folder for parity.json and parity.md (default: %(default)s)")
     p.add_argument("--list", action="store_true", help="list the cases and exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -31,7 +33,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
-    selected = list(registry.cases(args.optimizer, args.config, args.backend))
+    selected = list(registry.cases(args.optimizer, args.config, args.backend, args.device))
     if not selected:
         print("pylo-parity: no case matches the selection", file=sys.stderr)
         return 2
@@ -55,7 +57,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     with tqdm(total=total, unit="step", disable=args.no_progress, file=sys.stderr) as bar:
         for info, config, backend in selected:
             bar.set_description(f"{info.name}/{config.name}/{backend}")
-            results.append(run_case(info, config, backend, on_step=lambda _: bar.update(1)))
+            results.append(run_case(info, config, backend, on_step=lambda _: bar.update(1), device=args.device))
     print(table(results))
     paths = write(results, args.out)
     failed = [r for r in results if not r.passed]

@@ -128,18 +128,19 @@ def make_checkpoint(info: OptimizerInfo, config: ParityConfig, folder: Path):
 
 
 def run_case(info: OptimizerInfo, config: ParityConfig, backend: str,
-             on_step: Optional[Callable[[int], None]] = None) -> CaseResult:
+             on_step: Optional[Callable[[int], None]] = None, device: str = "cpu") -> CaseResult:
+    """Run one case; the torch side on ``device`` (the JAX reference always on the CPU)."""
     result = CaseResult(info.name, config.name, backend, config.description, config.steps, TOLERANCE)
     start = time.perf_counter()
     try:
-        _run(info, config, backend, result, on_step)
+        _run(info, config, backend, result, on_step, torch.device(device))
     except Exception:  # a crash is a failed case, reported with its traceback
         result.error = traceback.format_exc(limit=6)
     result.seconds = time.perf_counter() - start
     return result
 
 
-def _run(info: OptimizerInfo, config: ParityConfig, backend: str, result: CaseResult, on_step) -> None:
+def _run(info: OptimizerInfo, config: ParityConfig, backend: str, result: CaseResult, on_step, device) -> None:
     import jax
     import jax.numpy as jnp
 
@@ -147,7 +148,7 @@ def _run(info: OptimizerInfo, config: ParityConfig, backend: str, result: CaseRe
         tmp = Path(tmp)
         reference, theta, ckpt = make_checkpoint(info, config, tmp)
         init = fixtures.initial_params(config.shapes, config.seed)
-        named = [(n, torch.nn.Parameter(torch.from_numpy(a.copy()))) for n, a in init.items()]
+        named = [(n, torch.nn.Parameter(torch.from_numpy(a.copy()).to(device))) for n, a in init.items()]
         opt = info.make_torch(named, str(ckpt), config, info.backend_kwargs(backend, parity=True))
 
         lopt = reference.opt_fn(theta)
@@ -161,7 +162,7 @@ def _run(info: OptimizerInfo, config: ParityConfig, backend: str, result: CaseRe
         grads_iter = fixtures.gradient_stream(config.shapes, config.steps, config.seed, config.grad_scales)
         for step, grads in enumerate(grads_iter):
             for n, p in named:
-                p.grad = torch.from_numpy(grads[n].copy())
+                p.grad = torch.from_numpy(grads[n].copy()).to(device)
             loss = float(losses[step])
             opt.step(loss=loss) if info.needs_loss else opt.step()
             state = update(state, {n: jnp.asarray(fixtures.to_jax_layout(g)) for n, g in grads.items()},
@@ -169,7 +170,7 @@ def _run(info: OptimizerInfo, config: ParityConfig, backend: str, result: CaseRe
             ref_params = lopt.get_params(state)
             for n, p in named:
                 ref = fixtures.to_torch_layout(np.asarray(ref_params[n]))
-                diff = float(np.max(np.abs(p.detach().to(torch.float32).numpy() - ref))) if ref.size else 0.0
+                diff = float(np.max(np.abs(p.detach().to("cpu", torch.float32).numpy() - ref))) if ref.size else 0.0
                 if not np.isfinite(diff):  # NaN must never compare as "small"
                     diff = float("inf")
                 scale = float(np.max(np.abs(ref))) if ref.size else 0.0

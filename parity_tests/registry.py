@@ -102,7 +102,8 @@ def _mulo_extras(opt: torch.optim.Optimizer, named: NamedParams) -> Dict:
 
 
 MULO_SIZE = dict(hidden_size=32, hidden_layers=2, step_mult=0.01)
-ADAFAC_BACKENDS = {"naive": {"backend": "naive"}, "foreach": {"backend": "foreach"}, "fused": {"backend": "fused"}}
+ADAFAC_BACKENDS = {"naive": {"backend": "naive"}, "foreach": {"backend": "foreach"}, "fused": {"backend": "fused"},
+                   "triton": {"backend": "triton"}}
 #: in parity runs the fused backend uses tiny chunks so that every fixture tensor spans several of them
 SMALL_CHUNKS = {"fused": {"chunk_size": 7}}
 
@@ -281,9 +282,18 @@ def get(name: str) -> OptimizerInfo:
     raise KeyError(f"no parity entry {name!r}; known: {', '.join(i.name for i in REGISTRY)}")
 
 
+def backend_available(backend: str, device: str = "cpu") -> bool:
+    """GPU-only backends run on CUDA, or on a CPU under ``TRITON_INTERPRET=1`` (Triton's interpreter)."""
+    if backend != "triton":
+        return True
+    from pylo.kernels import triton_available
+
+    return triton_available(torch.device(device))
+
+
 def cases(optimizers: Optional[Sequence[str]] = None, configs: Optional[Sequence[str]] = None,
-          backends: Optional[Sequence[str]] = None):
-    """Yield ``(info, config, backend_name)`` for every selected case."""
+          backends: Optional[Sequence[str]] = None, device: str = "cpu"):
+    """Yield ``(info, config, backend_name)`` for every selected case runnable on ``device``."""
     for info in REGISTRY:
         if optimizers and info.name not in optimizers:
             continue
@@ -291,6 +301,6 @@ def cases(optimizers: Optional[Sequence[str]] = None, configs: Optional[Sequence
             if configs and config.name not in configs:
                 continue
             for backend in info.backends:
-                if backends and backend not in backends:
+                if (backends and backend not in backends) or not backend_available(backend, device):
                     continue
                 yield info, config, backend

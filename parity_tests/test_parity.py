@@ -1,4 +1,8 @@
-"""Parity of every registered optimizer, config and backend with its JAX reference."""
+"""Parity of every registered optimizer, config and backend with its JAX reference.
+
+The Triton backends run under ``TRITON_INTERPRET=1`` here (set by tests/conftest.py
+when there is no GPU).
+"""
 
 import pytest
 

@@ -1,6 +1,16 @@
 """Shared test fixtures."""
 
 import os
+
+# Triton kernels are checked on the CPU with Triton's interpreter; it must be chosen before triton is imported.
+if "TRITON_INTERPRET" not in os.environ:
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            os.environ["TRITON_INTERPRET"] = "1"
+    except ImportError:  # pragma: no cover
+        pass
 from pathlib import Path
 
 import pytest

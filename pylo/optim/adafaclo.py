@@ -31,6 +31,7 @@ from pylo.core.decays import learned_decays
 from pylo.core.features import TANH_TIMESCALES, adafactor_features, second_moment_normalize, tanh_embedding
 from pylo.core.layout import from_work, to_work
 from pylo.core.shapes import KERNEL_LAYOUTS, factored_dims
+from pylo.kernels import triton_available
 from pylo.models.loading import NetworkSpec, load_network
 from pylo.models.meta_mlp import MetaMLP
 from pylo.optim.base import LearnedOptimizer, check_number
@@ -67,26 +68,33 @@ def adafaclo_inputs(p: torch.Tensor, g: torch.Tensor, state: Dict[str, torch.Ten
     return torch.cat([x, step_features], dim=-1)
 
 
-BACKENDS = ("naive", "foreach", "fused")
+BACKENDS = ("naive", "foreach", "fused", "triton")
 
 
 def adafaclo(params: List[torch.Tensor], grads: List[torch.Tensor], states: List[Dict[str, torch.Tensor]], *,
              network: torch.nn.Module, decays: Tuple[torch.Tensor, torch.Tensor, torch.Tensor], lr: float,
              exp_mult: float, step_mult: float, weight_decay: float, kernel_layout: str,
-             backend: str = "naive", workspaces: Optional[Dict] = None, chunk_size: int = 16384) -> None:
+             backend: str = "naive", workspaces: Optional[Dict] = None, chunk_size: int = 16384,
+             decay_values: Optional[Tuple[List[float], List[float], List[float]]] = None) -> None:
     """Functional AdafacLO update of one parameter group on one device (gradients already sanitised).
 
     Backends compute the same update within float32 round-off:
     ``"naive"`` goes tensor by tensor; ``"foreach"`` updates momentum and RMS
     with multi-tensor kernels and runs the MLP once over all tensors;
     ``"fused"`` (``pylo.optim.adafaclo_fused``) works in bounded memory with the
-    normaliser folded into the first layer.
+    normaliser folded into the first layer; ``"triton"``
+    (``pylo.optim.adafaclo_triton``) runs the same plan as two GPU kernels per
+    tensor and needs ``decay_values``, the decays as Python floats.
     """
     if not params:
         return
     kwargs = dict(network=network, decays=decays, lr=lr, exp_mult=exp_mult, step_mult=step_mult,
                   weight_decay=weight_decay, kernel_layout=kernel_layout)
-    if backend == "fused":
+    if backend == "triton":
+        from pylo.optim.adafaclo_triton import triton_adafaclo
+
+        triton_adafaclo(params, grads, states, decay_values=decay_values, **kwargs)
+    elif backend == "fused":
         from pylo.optim.adafaclo_fused import fused_adafaclo
 
         fused_adafaclo(params, grads, states, workspaces=workspaces, chunk=chunk_size, **kwargs)
@@ -96,6 +104,13 @@ def adafaclo(params: List[torch.Tensor], grads: List[torch.Tensor], states: List
         _single_tensor_adafaclo(params, grads, states, **kwargs)
     else:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """``"auto"``: Triton kernels on CUDA when available, else the fused CPU/GPU backend."""
+    if backend != "auto":
+        return backend
+    return "triton" if device.type == "cuda" and triton_available(device) else "fused"
 
 
 def _init_state(state, p_work: torch.Tensor, decays) -> None:
@@ -184,7 +199,8 @@ class AdafacLO_naive(LearnedOptimizer):
         foreach: shorthand for ``backend="foreach"``.
         backend: ``"naive"`` (tensor by tensor, the default here), ``"foreach"``
             (multi-tensor accumulators, one MLP call), ``"fused"`` (chunked, bounded
-            memory, fastest), or ``"auto"`` (the fastest; the default of :class:`AdafacLO`).
+            memory, fastest on CPU), ``"triton"`` (GPU kernels), or ``"auto"`` (triton on
+            CUDA when available, else fused; the default of :class:`AdafacLO`).
         chunk_size: elements per chunk of the fused backend (bounds its transient memory).
         kernel_layout: ``"torch"`` (default) treats 4-D tensors as OIHW conv
             kernels and computes in JAX's HWIO layout, like upstream on the same
@@ -272,13 +288,14 @@ class AdafacLO_naive(LearnedOptimizer):
         """One update. ``closure`` (re-evaluates the model) or ``loss`` are optional; the loss is returned."""
         loss = self._resolve_loss(closure, loss)
         for group, params, grads in self._sanitized_entries(self.max_grad_norm if self.clip_grad else None, True):
-            backend = "fused" if group["backend"] == "auto" else group["backend"]
             for device, idx in self._by_device(params).items():
+                backend = resolve_backend(group["backend"], device)
                 adafaclo([params[i] for i in idx], [grads[i] for i in idx], [self.state[params[i]] for i in idx],
                          network=self.network_on(device), decays=self._decay_tensors(group, device), lr=group["lr"],
                          exp_mult=group["exp_mult"], step_mult=group["step_mult"],
                          weight_decay=group["weight_decay"], kernel_layout=group["kernel_layout"], backend=backend,
-                         workspaces=self._workspaces, chunk_size=group["chunk_size"])
+                         workspaces=self._workspaces, chunk_size=group["chunk_size"],
+                         decay_values=self.effective_decays(group) if backend == "triton" else None)
         return loss
 
 

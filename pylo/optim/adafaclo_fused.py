@@ -20,7 +20,7 @@ Same update as the naive path within float32 round-off, computed differently:
 
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 
@@ -73,8 +73,31 @@ def _mlp_weights(network):
     return [(m.weight, m.bias.unsqueeze(-1)) for m in network.network if isinstance(m, torch.nn.Linear)]
 
 
+def adafactor_tables(state: Dict[str, torch.Tensor], g: torch.Tensor, fac_b: torch.Tensor) -> Optional[Dict]:
+    """Update a factored tensor's ``v_row``/``v_col`` in place and return its small tables.
+
+    ``None`` for tensors that are not factored (rank < 2). The tables are those
+    the features broadcast: ``v_row``, ``v_col``, their ``rsqrt(. + 1e-8)`` and the
+    Adafactor factors; ``g*g`` is the only per-element temporary.
+    """
+    dims = factored_dims(tuple(g.shape))
+    if dims is None:
+        return None
+    d1, d0 = dims
+    grad_sqr = g * g + acc.FACTORED_EPS
+    state["fac_row"].mul_(fac_b).add_((1 - fac_b) * grad_sqr.mean(dim=d0).unsqueeze(-1))
+    state["fac_col"].mul_(fac_b).add_((1 - fac_b) * grad_sqr.mean(dim=d1).unsqueeze(-1))
+    del grad_sqr
+    v_row, v_col = state["fac_row"], state["fac_col"]
+    reduced_d1 = d1 - 1 if d1 > d0 else d1
+    return {"dims": dims, "v_row": v_row, "v_col": v_col,
+            "row_rsqrt": torch.rsqrt(v_row + 1e-8), "col_rsqrt": torch.rsqrt(v_col + 1e-8),
+            "row_fac": acc.safe_rsqrt(v_row / (v_row.mean(dim=reduced_d1, keepdim=True) + 1e-9)),
+            "col_fac": acc.safe_rsqrt(v_col)}
+
+
 class _TensorView:
-    """One tensor's flat-or-shaped work views and its Adafactor tables (broadcast over the tensor)."""
+    """One tensor's work views and its Adafactor tables broadcast over the tensor."""
 
     def __init__(self, pw: torch.Tensor, gw: torch.Tensor, state: Dict[str, torch.Tensor], fac_b: torch.Tensor):
         self.shape = tuple(pw.shape)
@@ -82,31 +105,21 @@ class _TensorView:
         self.p_is_copy = self.p.data_ptr() != pw.data_ptr() or self.p.dtype != pw.dtype
         self.g = gw.contiguous()
         self.m, self.rms = state["mom"], state["rms"]
-        full = self.shape + (state["fac_row"].shape[-1],)
-        dims = factored_dims(self.shape)
-        self.diag = None
-        if dims is None:
-            self.diag = state["fac_diag"]
+        tables = adafactor_tables(state, self.g, fac_b)
+        self.diag = state["fac_diag"] if tables is None else None
+        if tables is None:
             return
-        d1, d0 = dims
-        grad_sqr = self.g * self.g + acc.FACTORED_EPS  # the one per-element temporary
-        state["fac_row"].mul_(fac_b).add_((1 - fac_b) * grad_sqr.mean(dim=d0).unsqueeze(-1))
-        state["fac_col"].mul_(fac_b).add_((1 - fac_b) * grad_sqr.mean(dim=d1).unsqueeze(-1))
-        del grad_sqr
-        v_row, v_col = state["fac_row"], state["fac_col"]
-        reduced_d1 = d1 - 1 if d1 > d0 else d1
-        row_fac = acc.safe_rsqrt(v_row / (v_row.mean(dim=reduced_d1, keepdim=True) + 1e-9))
-        col_fac = acc.safe_rsqrt(v_col)
-        expand = lambda t, axis: t.unsqueeze(axis).expand(full)  # noqa: E731
-        row_rsqrt, col_rsqrt = torch.rsqrt(v_row + 1e-8), torch.rsqrt(v_col + 1e-8)
-        self.row, self.col = expand(v_row, d0), expand(v_col, d1)
-        self.row_rsqrt, self.col_rsqrt = expand(row_rsqrt, d0), expand(col_rsqrt, d1)
-        self.row_fac, self.col_fac = expand(row_fac, d0), expand(col_fac, d1)
+        d1, d0 = tables["dims"]
+        full = self.shape + (tables["v_row"].shape[-1],)
+        along = {"v_row": d0, "row_rsqrt": d0, "row_fac": d0, "v_col": d1, "col_rsqrt": d1, "col_fac": d1}
+        self.row, self.col, self.row_rsqrt, self.col_rsqrt, self.row_fac, self.col_fac = (
+            tables[k].unsqueeze(along[k]).expand(full)
+            for k in ("v_row", "v_col", "row_rsqrt", "col_rsqrt", "row_fac", "col_fac"))
         # sums of squares of the broadcast channels: each table entry repeats along one axis
-        k = v_row.shape[-1]
+        k = full[-1]
         sq = lambda t, reps: (t * t).reshape(-1, k).sum(dim=0) * reps  # noqa: E731
-        self.table_sumsq = torch.cat([sq(v_row, self.shape[d0]), sq(v_col, self.shape[d1]),
-                                      sq(row_rsqrt, self.shape[d0]), sq(col_rsqrt, self.shape[d1])])
+        self.table_sumsq = torch.cat([sq(tables["v_row"], self.shape[d0]), sq(tables["v_col"], self.shape[d1]),
+                                      sq(tables["row_rsqrt"], self.shape[d0]), sq(tables["col_rsqrt"], self.shape[d1])])
 
 
 #: channels that are broadcasts of the small Adafactor tables for factored tensors

@@ -23,11 +23,11 @@ from typing import Dict, Optional
 
 import torch
 
-from pylo.core.decays import DecayTensors, checked_decays
+from pylo.core.decays import DECAY_KINDS, DecayTensors, checked_decays
 from pylo.core.shapes import KERNEL_LAYOUTS
 from pylo.models.loading import NetworkSpec, load_network
 from pylo.models.meta_mlp import MetaMLP
-from pylo.optim.adafaclo import BACKENDS, NUM_FEATURES, _build_meta_mlp, adafaclo
+from pylo.optim.adafaclo import BACKENDS, NUM_FEATURES, _build_meta_mlp, adafaclo, resolve_backend
 from pylo.optim.base import LearnedOptimizer, check_number
 
 ELO_SPEC = NetworkSpec(name="ELO MetaMLP", module_type=MetaMLP, families=("elo",), build=_build_meta_mlp)
@@ -53,7 +53,8 @@ class ELO_naive(LearnedOptimizer):
         network: a ready :class:`~pylo.models.MetaMLP`; wins over everything.
         foreach: shorthand for ``backend="foreach"``.
         backend: AdafacLO's backends: ``"naive"`` (default), ``"foreach"``,
-            ``"fused"`` (chunked, bounded memory, fastest) or ``"auto"`` (the fastest).
+            ``"fused"`` (chunked, bounded memory), ``"triton"`` (GPU kernels) or
+            ``"auto"`` (triton on CUDA when available, else fused).
         chunk_size: elements per chunk of the fused backend.
         kernel_layout: ``"torch"`` (default) computes conv kernels in JAX's
             HWIO layout, as upstream sees the same kernel; ``"jax"`` takes 4-D
@@ -105,18 +106,22 @@ class ELO_naive(LearnedOptimizer):
         self._decays = DecayTensors()
         self._workspaces: Dict = {}
 
+    @staticmethod
+    def _decay_values(group):
+        return tuple(group[f"initial_{k}_decays"] for k in DECAY_KINDS)
+
     @torch.no_grad()
     def step(self, closure=None, loss=None):
         """One update. ``closure`` (re-evaluates the model) or ``loss`` are optional; the loss is returned."""
         loss = self._resolve_loss(closure, loss)
         for group, params, grads in self._sanitized_entries(self.clip_norm if self.clip_grad else None, True):
-            backend = "fused" if group["backend"] == "auto" else group["backend"]
             for device, idx in self._by_device(params).items():
+                backend = resolve_backend(group["backend"], device)
                 adafaclo([params[i] for i in idx], [grads[i] for i in idx], [self.state[params[i]] for i in idx],
                          network=self.network_on(device), decays=self._decays.of_group(group, device), lr=group["lr"],
                          exp_mult=group["exp_mult"], step_mult=1.0, weight_decay=group["weight_decay"],
                          kernel_layout=group["kernel_layout"], backend=backend, workspaces=self._workspaces,
-                         chunk_size=group["chunk_size"])
+                         chunk_size=group["chunk_size"], decay_values=self._decay_values(group))
         return loss
 
 
