@@ -1,5 +1,6 @@
 """Meta-networks of the learned optimizers (torch modules, hub-compatible)."""
 
+from pylo.models.celo2_mlp import CELO2MLP
 from pylo.models.meta_mlp import MetaMLP
 
-__all__ = ["MetaMLP"]
+__all__ = ["CELO2MLP", "MetaMLP"]
