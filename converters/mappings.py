@@ -115,10 +115,14 @@ class Family:
     #: ``(container, gin bindings, config) -> optimizer settings`` the checkpoint was trained with
     #: (recorded as ``config["pylo"]["optimizer_config"]``); raises on a config.gin that contradicts theta
     training_config: Optional[Callable[[str, Dict[str, Any], Dict], Dict]] = None
+    #: brings equivalent theta layouts to the one the rules describe (e.g. drops a stack axis of size 1)
+    canonical: Optional[Callable[[Dict[Path, np.ndarray], str], Dict[Path, np.ndarray]]] = None
 
     # ------------------------------------------------------------ JAX -> torch
     def to_torch(self, theta: Dict, origin: str) -> Tuple[Dict, Dict[str, torch.Tensor]]:
         leaves = array_leaves(theta)
+        if self.canonical is not None:
+            leaves = self.canonical(leaves, origin)
         non_arrays = [path_str(p) for p, v in _all_leaves(theta) if not isinstance(v, np.ndarray)]
         if non_arrays:
             raise CheckpointError(f"{origin}: non-array entries in theta: {', '.join(non_arrays)}")
@@ -277,9 +281,105 @@ ADAFAC_MLP = Family(
     config_defaults=_mulo_defaults,
 )
 
+ELO_MLP = Family(
+    name="ELO theta (nn/~ MLP, no learned decays)",
+    optimizers=("elo",),
+    looks_like=lambda leaves: NN + ("w0",) in leaves and ("momentum_decays",) not in leaves,
+    infer_config=_meta_mlp_config,
+    rules=lambda config: (meta_mlp_rules(config), []),
+    describe=lambda c: "ELO: " + _describe_meta_mlp(c),
+    infer_torch_config=_meta_mlp_torch_config,
+)
+
+
+# ======================================================= CELO2MLP (ff_mod_stack/~)
+FF = ("ff_mod_stack", "~")
+
+
+def _celo2_canonical(leaves: Dict[Path, np.ndarray], origin: str) -> Dict[Path, np.ndarray]:
+    """Drop a leading stack axis of size 1 (Celo-style ``ff_mod_stack`` with ``param_inits=1``)."""
+    lstm = sorted({p[0] for p in leaves if p[0] in ("rnn_params", "lstm_init_state")})
+    if lstm:
+        raise CheckpointError(f"{origin}: this is a VeLO/Celo-style checkpoint (it has {' and '.join(lstm)}); CELO2 "
+                              "theta holds only ff_mod_stack: convert it with --optimizer celo or velo")
+    ff = {p: v for p, v in leaves.items() if p[:2] == FF}
+    stacked = [p for p, v in ff.items() if v.ndim == (1 if p[2].startswith("b") else 2) + 1]
+    if not stacked:
+        return leaves
+    sizes = {int(ff[p].shape[0]) for p in stacked}
+    if len(stacked) != len(ff) or sizes != {1}:
+        raise CheckpointError(
+            f"{origin}: ff_mod_stack holds a stack of {max(sizes)} per-parameter MLPs (a VeLO/Celo-style "
+            "param_inits axis); CELO2 has a single MLP (a stack axis of size 1 is accepted)"
+            if len(stacked) == len(ff) else f"{origin}: ff_mod_stack mixes stacked and unstacked arrays")
+    return {p: (v[0] if p in ff else v) for p, v in leaves.items()}
+
+
+def _celo2_config(leaves: Dict[Path, np.ndarray]) -> Dict:
+    n_groups = 0
+    while FF + (f"w0__{n_groups}",) in leaves:
+        n_groups += 1
+    n_dense = 0
+    while FF + (f"w{n_dense + 1}",) in leaves:
+        n_dense += 1
+    if n_groups == 0 or n_dense == 0:
+        raise CheckpointError("theta has no ff_mod_stack/~/w0__0 .. and w1 .. (a CELO2 per-parameter MLP)")
+    w0 = leaves[FF + ("w0__0",)]
+    last = leaves[FF + (f"w{n_dense}",)]
+    if w0.ndim < 2 or last.ndim < 2:
+        raise CheckpointError(f"ff_mod_stack/~/w0__0 has shape {w0.shape}, expected (inputs, hidden)")
+    return {"feature_dims": [int(leaves[FF + (f"w0__{i}",)].shape[-2]) for i in range(n_groups)],
+            "hidden_size": int(w0.shape[-1]), "hidden_layers": n_dense, "output_size": int(last.shape[-1]),
+            "activation": "relu"}
+
+
+def _celo2_torch_config(tensors: Dict[str, torch.Tensor]) -> Dict:
+    n_groups = sum(1 for k in tensors if k.startswith("w0."))
+    n_dense = sum(1 for k in tensors if k.startswith("dense_w."))
+    if not n_groups or not n_dense or "b0" not in tensors or f"dense_b.{n_dense - 1}" not in tensors:
+        return {}
+    return {"feature_dims": [int(tensors[f"w0.{i}"].shape[0]) for i in range(n_groups) if f"w0.{i}" in tensors],
+            "hidden_size": int(tensors["b0"].shape[0]), "hidden_layers": n_dense,
+            "output_size": int(tensors[f"dense_b.{n_dense - 1}"].shape[0])}
+
+
+def celo2_rules(config: Dict) -> List[TensorRule]:
+    """CELO2MLP: ``ff_mod_stack/~/w0__i`` <-> ``w0.i``, ``w<j>``/``b<j>`` <-> ``dense_w.<j-1>``/``dense_b.<j-1>``.
+
+    Both sides keep Haiku's ``(in, out)`` weights (the module multiplies ``x @ w``): no transposes.
+    """
+    hidden, n_dense = config["hidden_size"], config["hidden_layers"]
+    sizes = [hidden] * n_dense + [config.get("output_size", 3)]
+    rules = [TensorRule(FF + (f"w0__{i}",), f"w0.{i}", (int(d), hidden)) for i, d in enumerate(config["feature_dims"])]
+    rules.append(TensorRule(FF + ("b0",), "b0", (hidden,)))
+    for j in range(1, n_dense + 1):
+        rules.append(TensorRule(FF + (f"w{j}",), f"dense_w.{j - 1}", (sizes[j - 1], sizes[j])))
+        rules.append(TensorRule(FF + (f"b{j}",), f"dense_b.{j - 1}", (sizes[j],)))
+    return rules
+
+
+def _describe_celo2(config: Dict) -> str:
+    return (f"CELO2 / ELO-CELO2: split-input MLP {len(config['feature_dims'])} groups "
+            f"({sum(config['feature_dims'])} inputs) -> {config['hidden_size']} x {config['hidden_layers']} -> "
+            f"{config['output_size']} (upstream ff_hidden_size={config['hidden_size']}, "
+            f"ff_hidden_layers={config['hidden_layers']})")
+
+
+CELO2_FF = Family(
+    name="CELO2 theta (ff_mod_stack/~ split-input MLP)",
+    optimizers=("celo2", "elo_celo2"),
+    looks_like=lambda leaves: FF + ("w0__0",) in leaves and not any(p[0] in ("rnn_params", "lstm_init_state")
+                                                                     for p in leaves),
+    infer_config=_celo2_config,
+    rules=lambda config: (celo2_rules(config), []),
+    describe=_describe_celo2,
+    infer_torch_config=_celo2_torch_config,
+    canonical=_celo2_canonical,
+)
+
+
 # ============================================== HyperV2: VeLO and Celo (LSTM + MLP bank)
 RNN = ("rnn_params",)
-FF = ("ff_mod_stack", "~")
 LSTM_STATE = ("lstm_init_state",)
 #: upstream rnn_params module -> pylo VeLORNN submodule (the published VeLO_RNN names)
 HYPER_RNN_LAYERS = (("linear", "mix_layer1"), ("linear_1", "mix_layer2"), ("linear_2", "final_mix_layer"),
@@ -464,7 +564,8 @@ CELO = Family(
 )
 
 #: every family, in the order ``inspect`` tries them
-FAMILIES: List[Family] = [ADAFAC_MLP, VELO, CELO]
+FAMILIES: List[Family] = [ADAFAC_MLP, ELO_MLP, CELO2_FF, VELO, CELO]
+
 
 
 def family_for(optimizer: str) -> Family:

@@ -13,7 +13,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
-from pylo.optim import AdafacLO_naive, Celo_naive, MuLO_naive, VeLO_naive
+from pylo.optim import AdafacLO_naive, CELO2_naive, Celo_naive, ELO_CELO2_naive, ELO_naive, MuLO_naive, VeLO_naive
 from pylo.parity_tests.fixtures import DEFAULT_SHAPES, GRAD_SCALES, Shape
 
 NamedParams = List[Tuple[str, torch.nn.Parameter]]
@@ -239,7 +239,133 @@ CELO = OptimizerInfo(
 )
 
 
-REGISTRY: List[OptimizerInfo] = [ADAFACLO, MULO, VELO, CELO]
+# ======================================================= CELO2, ELO-CELO2, ELO
+#: gradient scales with a step far beyond +-1000 elementwise (CELO2's clamp acts; AdamW sees it raw)
+HUGE_GRAD_SCALES = (0.1, 0.01, 1.0, 3000.0, 0.1, 10.0, 0.001, 0.3, 3.0)
+
+
+def _constant_lr(lr: float) -> Dict[str, float]:
+    """The scaling_l2o schedule that equals torch's constant ``lr``: init_lr = peak_lr = end_lr."""
+    return dict(init_lr=lr, peak_lr=lr, end_lr=lr)
+
+
+def _celo2_network() -> torch.nn.Module:
+    from pylo.models import CELO2MLP
+
+    return CELO2MLP()
+
+
+def _celo2_torch(named: NamedParams, ckpt: str, config: ParityConfig, backend: Mapping) -> torch.optim.Optimizer:
+    return CELO2_naive(named, checkpoint_path=ckpt, **config.torch_kwargs, **backend)
+
+
+def _celo2_reference(config: ParityConfig):
+    from pylo.reference_jax.celo2 import Celo2LOpt
+
+    return Celo2LOpt(**config.reference_kwargs)
+
+
+CELO2 = OptimizerInfo(
+    name="celo2",
+    torch_class=CELO2_naive,
+    make_torch=_celo2_torch,
+    make_reference=_celo2_reference,
+    make_network=_celo2_network,
+    configs=(
+        ParityConfig("celo2", "CELO2, lr 0.01, wd 0.1, adam_lr_mult 2, grads beyond the +-1000 clamp",
+                     reference_kwargs=dict(_constant_lr(0.01), weight_decay=0.1, adam_lr_mult=2.0),
+                     torch_kwargs=dict(lr=0.01, weight_decay=0.1, adam_lr_mult=2.0), grad_scales=HUGE_GRAD_SCALES),
+        ParityConfig("clip", "CELO2, global-norm clipping, separate AdamW decay, pickled theta",
+                     reference_kwargs=dict(_constant_lr(0.01), weight_decay=0.1, adam_weight_decay=0.02,
+                                           clip_grad=True, clip_norm=1.0),
+                     torch_kwargs=dict(lr=0.01, weight_decay=0.1, adam_weight_decay=0.02, clip_grad=True,
+                                       clip_norm=1.0), container="pickle", seed=5),
+        ParityConfig("base", "CELO2-base (orthogonalize=False), wd 0.05, grads beyond the clamp",
+                     reference_kwargs=dict(_constant_lr(0.01), weight_decay=0.05, orthogonalize=False),
+                     torch_kwargs=dict(lr=0.01, weight_decay=0.05, orthogonalize=False),
+                     grad_scales=HUGE_GRAD_SCALES, seed=6),
+        ParityConfig("all-mlp", "CELO2 without AdamW (1-D and embeddings through the MLP), exp_mult, "
+                     "param_scale_mult, rmsmult", reference_kwargs=dict(
+                         _constant_lr(0.01), weight_decay=0.1, use_adamw_for_1d=False, exp_mult=0.05,
+                         param_scale_mult=True, rmsmult=0.7),
+                     torch_kwargs=dict(lr=0.01, weight_decay=0.1, use_adamw_for_1d=False, exp_mult=0.05,
+                                       param_scale_mult=True, rmsmult=0.7), seed=7),
+        ParityConfig("defaults", "published defaults (lr 1e-3, no weight decay), ParameterCheckpoint file",
+                     reference_kwargs=_constant_lr(0.001), container="parameter-checkpoint", seed=8),
+    ),
+)
+
+
+def _elo_celo2_torch(named: NamedParams, ckpt: str, config: ParityConfig, backend: Mapping) -> torch.optim.Optimizer:
+    return ELO_CELO2_naive(named, checkpoint_path=ckpt, **config.torch_kwargs, **backend)
+
+
+def _elo_celo2_reference(config: ParityConfig):
+    from pylo.reference_jax.elo_celo2 import ELO_Celo2LOpt
+
+    return ELO_Celo2LOpt(**config.reference_kwargs)
+
+
+ELO_CELO2 = OptimizerInfo(
+    name="elo_celo2",
+    torch_class=ELO_CELO2_naive,
+    make_torch=_elo_celo2_torch,
+    make_reference=_elo_celo2_reference,
+    make_network=_celo2_network,
+    configs=(
+        ParityConfig("defaults", "published defaults (lr 1e-3, wd 0.1, global-norm clipping), adam_lr_mult 20",
+                     reference_kwargs=dict(_constant_lr(0.001), weight_decay=0.1, clip_grad=True, adam_lr_mult=20.0),
+                     torch_kwargs=dict(adam_lr_mult=20.0), seed=9),
+        ParityConfig("noclip", "no clipping and no clamp (as upstream), grads up to 3e4, lr 0.01, AdamW decay "
+                     "0.01, pickled theta", reference_kwargs=dict(_constant_lr(0.01), weight_decay=0.1,
+                                                                  adam_weight_decay=0.01),
+                     torch_kwargs=dict(lr=0.01, weight_decay=0.1, adam_weight_decay=0.01, clip_grad=False,
+                                       grad_clip_val=None), grad_scales=HUGE_GRAD_SCALES, container="pickle",
+                     seed=10),
+        ParityConfig("base-all-mlp", "orthogonalize=False, every tensor through the MLP, lr 0.01, clipping",
+                     reference_kwargs=dict(_constant_lr(0.01), weight_decay=0.1, clip_grad=True, orthogonalize=False,
+                                           use_adamw_for_1d=False),
+                     torch_kwargs=dict(lr=0.01, orthogonalize=False, use_adamw_for_1d=False), seed=11),
+    ),
+)
+
+
+def _elo_torch(named: NamedParams, ckpt: str, config: ParityConfig, backend: Mapping) -> torch.optim.Optimizer:
+    return ELO_naive(named, checkpoint_path=ckpt, **config.torch_kwargs, **backend)
+
+
+def _elo_reference(config: ParityConfig):
+    from pylo.reference_jax.elo import ELO_AdafacMLPLOpt
+
+    return ELO_AdafacMLPLOpt(**config.reference_kwargs)
+
+
+def _elo_constant(lr: float) -> Dict[str, float]:
+    """ELO's constant schedule: step_mult = init_lr = lr, no warmup."""
+    return dict(step_mult=lr, init_lr=lr, warmup_fraction=0.0)
+
+
+ELO_SIZE = dict(hidden_size=32, hidden_layers=2)
+
+ELO = OptimizerInfo(
+    name="elo",
+    torch_class=ELO_naive,
+    make_torch=_elo_torch,
+    make_reference=_elo_reference,
+    backends=ADAFAC_BACKENDS,
+    parity_overrides=SMALL_CHUNKS,
+    make_network=_meta_mlp_network,
+    configs=(
+        ParityConfig("clip", "published size (hidden 32), lr 0.01, wd 0.1, global-norm clipping",
+                     reference_kwargs=dict(ELO_SIZE, **_elo_constant(0.01), weight_decay=0.1, clip_grad=True),
+                     torch_kwargs=dict(lr=0.01, weight_decay=0.1, clip_grad=True), seed=12),
+        ParityConfig("defaults", "published defaults (lr 1e-3), exp_mult 0.01, pickled theta",
+                     reference_kwargs=dict(ELO_SIZE, **_elo_constant(0.001), exp_mult=0.01),
+                     torch_kwargs=dict(exp_mult=0.01), container="pickle", seed=13),
+    ),
+)
+
+REGISTRY: List[OptimizerInfo] = [ADAFACLO, MULO, VELO, CELO, CELO2, ELO_CELO2, ELO]
 
 
 def unavailable(config: ParityConfig) -> Optional[str]:

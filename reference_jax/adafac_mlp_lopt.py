@@ -94,6 +94,13 @@ class AdafacMLPLOpt:
                 jnp.expand_dims(x, 0) for x in (p, g, m, rms, fac_g, v_diag, v_col, v_row))
             if lr_scale is not None:
                 lr_scale = jnp.expand_dims(lr_scale, 0)
+        direction, magnitude = self._network(nn_params, training_step_feature, p, g, m, rms, fac_g, v_col, v_row,
+                                             v_diag)
+        new_p = self._apply_step(p, direction, magnitude, lr_scale)
+        return jnp.squeeze(new_p, 0) if did_reshape else new_p
+
+    def _network(self, nn_params, training_step_feature, p, g, m, rms, fac_g, v_col, v_row, v_diag):
+        """Direction and magnitude of one (at least 1-D) tensor: the 39 features through the MLP."""
         rsqrt = jax.lax.rsqrt(rms + 1e-6)
         inps = [jnp.expand_dims(g, -1), jnp.expand_dims(p, -1), m, rms, m * rsqrt, rsqrt, fac_g]
         inps += common.adafactor_feature_groups(m, v_col, v_row, v_diag, g.shape, diag_mom_eps=1e-6)
@@ -108,11 +115,13 @@ class AdafacMLPLOpt:
             net = net @ w + jnp.broadcast_to(b, list(net.shape[:-1]) + [w.shape[-1]])
             if i != n_layers - 1:
                 net = jax.nn.relu(net)
-        direction, magnitude = net[..., 0], net[..., 1]
+        return net[..., 0], net[..., 1]
+
+    def _apply_step(self, p, direction, magnitude, lr_scale):
+        """``p - d * exp(mu * exp_mult) * step_mult`` (times μLO's per-tensor scale)."""
         step = direction * jnp.exp(magnitude * self.exp_mult) * self.step_mult
         step = step.reshape(p.shape)
-        new_p = p - step if lr_scale is None else p - step * lr_scale
-        return jnp.squeeze(new_p, 0) if did_reshape else new_p
+        return p - step if lr_scale is None else p - step * lr_scale
 
     # --------------------------------------------------------- the optimizer
     def rolling(self, theta):

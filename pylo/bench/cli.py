@@ -87,7 +87,13 @@ def _measure_jax(info, shapes, warmup, iters) -> float:
 
 
 def mlp_flops_per_element(network: torch.nn.Module) -> int:
-    """Multiply-adds x 2 of the per-element MLP (the unavoidable arithmetic)."""
+    """Multiply-adds x 2 of the per-element MLP (the unavoidable arithmetic).
+
+    A network that is not built from ``nn.Linear`` layers says so itself (``flops_per_element()``).
+    """
+    own = getattr(network, "flops_per_element", None)
+    if callable(own):
+        return int(own())
     return sum(2 * m.in_features * m.out_features for m in network.modules() if isinstance(m, torch.nn.Linear))
 
 

@@ -21,3 +21,15 @@ def from_work(t: torch.Tensor, like: torch.Tensor, kernel_layout: str = "torch")
         return t.reshape(())
     perm = work_permutation(like.dim(), kernel_layout)
     return t.permute(inverse_permutation(perm)) if perm else t
+
+
+def subtract_update(p: torch.Tensor, delta: torch.Tensor, kernel_layout: str = "torch") -> None:
+    """``p <- p - delta`` in place, ``delta`` float32 in the work layout of ``p``.
+
+    Low-precision parameters are updated in float32 and rounded once.
+    """
+    delta = from_work(delta, p, kernel_layout)
+    if p.dtype == torch.float32:
+        p.sub_(delta)
+    else:
+        p.copy_((p.to(torch.float32) - delta).to(p.dtype))

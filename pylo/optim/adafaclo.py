@@ -27,7 +27,6 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 
 from pylo.core import accumulators as acc
-from pylo.core.clipping import clip_by_global_norm, nan_to_num
 from pylo.core.decays import learned_decays
 from pylo.core.features import TANH_TIMESCALES, adafactor_features, second_moment_normalize, tanh_embedding
 from pylo.core.layout import from_work, to_work
@@ -105,6 +104,13 @@ def adafaclo(params: List[torch.Tensor], grads: List[torch.Tensor], states: List
         _single_tensor_adafaclo(params, grads, states, **kwargs)
     else:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """``"auto"``: Triton kernels on CUDA when available, else the fused CPU/GPU backend."""
+    if backend != "auto":
+        return backend
+    return "triton" if device.type == "cuda" and triton_available(device) else "fused"
 
 
 def _init_state(state, p_work: torch.Tensor, decays) -> None:
@@ -281,21 +287,9 @@ class AdafacLO_naive(LearnedOptimizer):
     def step(self, closure=None, loss=None):
         """One update. ``closure`` (re-evaluates the model) or ``loss`` are optional; the loss is returned."""
         loss = self._resolve_loss(closure, loss)
-        entries = self._grad_entries()
-        flat = [g for _, _, grads in entries for g in grads]
-        if self.clip_grad:
-            flat = clip_by_global_norm(flat, self.max_grad_norm)
-        flat = nan_to_num(flat)
-        it = iter(flat)
-        for group, params, grads in entries:
-            grads = [next(it) for _ in grads]
-            by_device: Dict[torch.device, List[int]] = {}
-            for i, p in enumerate(params):
-                by_device.setdefault(p.device, []).append(i)
-            for device, idx in by_device.items():
-                backend = group["backend"]
-                if backend == "auto":
-                    backend = "triton" if device.type == "cuda" and triton_available(device) else "fused"
+        for group, params, grads in self._sanitized_entries(self.max_grad_norm if self.clip_grad else None, True):
+            for device, idx in self._by_device(params).items():
+                backend = resolve_backend(group["backend"], device)
                 adafaclo([params[i] for i in idx], [grads[i] for i in idx], [self.state[params[i]] for i in idx],
                          network=self.network_on(device), decays=self._decay_tensors(group, device), lr=group["lr"],
                          exp_mult=group["exp_mult"], step_mult=group["step_mult"],

@@ -6,7 +6,8 @@
 * a NaN or Inf gradient raises :class:`NonFiniteGradientError` before anything
   changes (``nonfinite_grads="raise"``, the default; it costs one host sync per
   step), or is handled exactly as upstream handles it (``"upstream"``: the μLO,
-  ELO and CELO2 wrappers apply ``nan_to_num``; VeLO and Celo propagate it);
+  ELO and ELO-CELO2 wrappers apply ``nan_to_num``; CELO2's clamps +-inf to
+  +-1000 on its learned path only; VeLO and Celo propagate it);
 * ``step(closure)`` and ``step(loss)`` both work (the published PyLO API passes
   the loss positionally); a closure runs under ``torch.enable_grad()``;
 * optimizer state stays float32 whatever the parameter dtype, and
@@ -25,6 +26,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 from torch import nn
+
+from pylo.core.clipping import clip_by_global_norm
 
 LossLike = Union[torch.Tensor, float, int]
 NONFINITE_MODES = ("raise", "upstream")
@@ -101,6 +104,31 @@ class LearnedOptimizer(torch.optim.Optimizer):
         raise NonFiniteGradientError(
             f"non-finite gradient (NaN or Inf) in {', '.join(bad)}: step not taken, parameters and optimizer state "
             "unchanged (pass nonfinite_grads='upstream' to handle it as upstream does)")
+
+    def _sanitized_entries(self, clip_norm: Optional[float], nan_to_num: bool):
+        """:meth:`_grad_entries` with the gradients clipped by their global norm over *all* groups
+        (optax ``clip_by_global_norm``, when ``clip_norm`` is given), then ``nan_to_num`` if asked."""
+        entries = self._grad_entries()
+        flat = [g for _, _, grads in entries for g in grads]
+        if clip_norm is not None:
+            flat = clip_by_global_norm(flat, clip_norm)
+        if nan_to_num:
+            flat = [torch.nan_to_num(g) for g in flat]
+        it = iter(flat)
+        return [(group, params, [next(it) for _ in grads]) for group, params, grads in entries]
+
+    @staticmethod
+    def _by_device(params: List[torch.Tensor]) -> Dict[torch.device, List[int]]:
+        """Indices of ``params`` per device, in order."""
+        out: Dict[torch.device, List[int]] = {}
+        for i, p in enumerate(params):
+            out.setdefault(p.device, []).append(i)
+        return out
+
+    @staticmethod
+    def _foreach_for(group, device: torch.device) -> bool:
+        """The group's ``foreach`` choice; by default multi-tensor on CUDA only."""
+        return group["foreach"] if group.get("foreach") is not None else device.type == "cuda"
 
     @staticmethod
     def _resolve_loss(closure: Optional[Union[Callable[[], LossLike], LossLike]],
