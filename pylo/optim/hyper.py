@@ -319,7 +319,7 @@ class HyperOptimizerBase(LearnedOptimizer):
         if state is None:
             inner = self.num_steps // self.num_average
             state = {"iteration": 0, "num_steps": inner, "micro_step": 0, "loss_accum": None,
-                     "loss_buffer": loss_buffer.init(self.loss_horizon(inner), device)}
+                     "loss_buffer": loss_buffer.init(self.loss_horizon(inner))}
             self.state[GLOBAL_STATE_KEY] = state
         return state
 
@@ -355,8 +355,9 @@ class HyperOptimizerBase(LearnedOptimizer):
     def _update(self, items, loss_t, main) -> None:
         """One HyperV2 update of ``items`` (group, param, float32 grad in torch layout)."""
         g_state = self._global_state(main)
-        buffer = loss_buffer.update(loss_buffer.to(g_state["loss_buffer"], main), loss_t)
-        loss_features = loss_buffer.features(buffer)
+        # ten numbers, kept on the CPU: their float64 roundings work on every device
+        buffer = loss_buffer.update(loss_buffer.to(g_state["loss_buffer"], "cpu"), loss_t.cpu())
+        loss_features = loss_buffer.features(buffer).to(main)
         fraction = (torch.tensor(g_state["iteration"], dtype=torch.float32, device=main)
                     / torch.tensor(g_state["num_steps"], dtype=torch.float32, device=main))
         fraction_features = fractional_tanh_embedding(fraction)
