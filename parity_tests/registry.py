@@ -184,20 +184,30 @@ VELO_SHAPES = {**DEFAULT_SHAPES, "tensor5d": (2, 1, 3, 1, 4)}  # rank feature: f
 #: VeLO weights make the parameters grow geometrically within 50 steps, and a diverging trajectory
 #: amplifies float32 rounding exponentially (it tests the seed, not the port). Horizons are ones whose
 #: loss-buffer decays XLA computes correctly rounded (see tests/test_loss_buffer.py).
+def _hyper_network(**config) -> Callable[[], torch.nn.Module]:
+    def make() -> torch.nn.Module:
+        from pylo.models import HyperNetwork
+
+        return HyperNetwork.random(**config)
+    return make
+
+
 VELO = OptimizerInfo(
     name="velo",
     torch_class=VeLO_naive,
     make_torch=_velo_torch,
     make_reference=_velo_reference,
     needs_loss=True,
+    make_network=_hyper_network(lstm_hidden_size=512, param_inits=256),
+    bench_kwargs=dict(num_steps=10_000),
     configs=(
-        ParityConfig("small-short", "lstm 24, 8 MLPs, released flags, num_steps 50 < 60 steps run",
-                     reference_kwargs=dict(VELO_SMALL, **RELEASED_VELO_FLAGS), torch_kwargs=RELEASED_VELO_FLAGS,
-                     shapes=VELO_SHAPES, steps=60, num_steps=50, seed=36),
         ParityConfig("published", "released VeLO: lstm 512, 256 MLPs, released flags, ParameterCheckpoint",
                      reference_kwargs=dict(VELO_PUBLISHED, **RELEASED_VELO_FLAGS), torch_kwargs=RELEASED_VELO_FLAGS,
                      shapes=VELO_SHAPES, steps=60, num_steps=1000, container="parameter-checkpoint",
                      theta_noise=1.0),
+        ParityConfig("small-short", "lstm 24, 8 MLPs, released flags, num_steps 50 < 60 steps run",
+                     reference_kwargs=dict(VELO_SMALL, **RELEASED_VELO_FLAGS), torch_kwargs=RELEASED_VELO_FLAGS,
+                     shapes=VELO_SHAPES, steps=60, num_steps=50, seed=36),
         ParityConfig("published-legacy", "lstm 512, 256 MLPs, both legacy flags on, (theta, '', 0) file",
                      reference_kwargs=dict(VELO_PUBLISHED, **LEGACY_VELO_FLAGS), torch_kwargs=LEGACY_VELO_FLAGS,
                      shapes=VELO_SHAPES, steps=60, num_steps=1000, container="tuple", seed=5, theta_noise=0.5),
@@ -221,6 +231,8 @@ CELO = OptimizerInfo(
     make_torch=_celo_torch,
     make_reference=_celo_reference,
     needs_loss=True,
+    make_network=_hyper_network(lstm_input_size=18, lstm_hidden_size=64, param_inits=1),
+    bench_kwargs=dict(num_steps=10_000),
     configs=(
         ParityConfig("seeded-released-size", "seeded theta at the released size (lstm 64, 1 MLP)",
                      reference_kwargs=CELO_RELEASED, shapes=VELO_SHAPES, steps=60, num_steps=200, seed=11,

@@ -163,6 +163,21 @@ class HyperNetwork(nn.Module, PyTorchModelHubMixin, license="apache-2.0", tags=[
         self.rnn = VeLORNN(lstm_input_size, lstm_hidden_size, param_inits)
         self.mlp = VeLOMLP(param_inits, input_size, hidden_size, hidden_layers, output_size)
 
+    def flops_per_element(self) -> int:
+        """Multiply-adds x 2 of one interpolated per-element MLP (what every parameter element costs)."""
+        m = self.mlp
+        return 2 * m.hidden_size * (m.input_size + m.hidden_size * m.hidden_layers + m.output_size)
+
+    @classmethod
+    def random(cls, seed: int = 0, std: float = 0.05, **config) -> "HyperNetwork":
+        """A network with small random weights (benchmarks and examples; not a trained optimizer)."""
+        gen = torch.Generator().manual_seed(seed)
+        net = cls(**config)
+        with torch.no_grad():
+            for p in net.parameters():
+                p.copy_(std * torch.randn(p.shape, generator=gen))
+        return net
+
     @property
     def config(self) -> Dict[str, int]:
         return {"lstm_input_size": self.rnn.input_size, "lstm_hidden_size": self.rnn.lstm_hidden_size,
