@@ -10,6 +10,7 @@ import numpy as np
 from pylo import checkpoints
 from pylo.checkpoint_io import FORMAT_VERSION, META_KEY, write_bytes_atomic, write_checkpoint
 from pylo.converters import flax_msgpack
+from pylo.converters.gin_config import parse_bindings
 from pylo.converters.mappings import Family, family_for, guess_family
 from pylo.converters.sources import Source, read_source, wrap
 from pylo.converters.tree import array_leaves, flatten, path_str
@@ -35,6 +36,7 @@ def convert(src, dst, optimizer: str, *, overwrite: bool = False) -> Path:
     """
     fam = family_for(optimizer)
     source = read_source(src)
+    training: Dict = {}
     if source.is_jax:
         config, tensors = fam.to_torch(source.theta, source.path)
         origin = {"format": source.format, "container": source.container, **source.meta,
@@ -44,13 +46,22 @@ def convert(src, dst, optimizer: str, *, overwrite: bool = False) -> Path:
         known = checkpoints.by_sha256(source.meta.get("sha256", ""))
         if known is not None:
             origin["registry"] = known.name
+        if fam.training_config is not None:
+            gin = parse_bindings(source.gin_config) if source.gin_config else {}
+            try:
+                training = fam.training_config(source.container, gin, config)
+            except CheckpointError as e:
+                raise CheckpointError(f"{source.path}: {e}") from None
     else:
         _family_of_torch_source(source, optimizer)
         theta = fam.to_jax(source.checkpoint.config, source.checkpoint.tensors, source.path)  # validates
         config, tensors = fam.to_torch(theta, source.path)
-        origin = dict(source.checkpoint.config.get(META_KEY, {}).get("source", {})) or {
-            "format": "pylo/PyLO hub folder", "file": Path(source.path).name}
+        meta = source.checkpoint.config.get(META_KEY, {})
+        origin = dict(meta.get("source", {})) or {"format": "pylo/PyLO hub folder", "file": Path(source.path).name}
+        training = dict(meta.get("optimizer_config", {}))
     config[META_KEY] = {"optimizer": optimizer, "format_version": FORMAT_VERSION, "source": origin}
+    if training:
+        config[META_KEY]["optimizer_config"] = training
     return write_checkpoint(dst, config, tensors, overwrite=overwrite)
 
 

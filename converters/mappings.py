@@ -11,7 +11,7 @@ weights are ``(in, out)``, ``torch.nn.Linear.weight`` is ``(out, in)``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -20,20 +20,71 @@ from pylo.converters.tree import Path, array_leaves, path_str, unflatten
 from pylo.errors import CheckpointError
 
 
+def _swap_last(array: np.ndarray, transpose: bool) -> np.ndarray:
+    """Haiku ``(..., in, out)`` <-> torch ``(..., out, in)`` (the last two axes; a plain ``.T`` for 2-D)."""
+    return np.swapaxes(array, -1, -2) if transpose else array
+
+
 @dataclass(frozen=True)
 class TensorRule:
     jax_path: Path
     torch_key: str
     jax_shape: Tuple[int, ...]
-    transpose: bool = False  # Haiku (in, out) <-> nn.Linear (out, in)
+    transpose: bool = False  # Haiku (..., in, out) <-> nn.Linear (..., out, in)
+
+    @property
+    def jax_paths(self) -> Tuple[Path, ...]:
+        return (self.jax_path,)
+
+    @property
+    def jax_shapes(self) -> Tuple[Tuple[int, ...], ...]:
+        return (self.jax_shape,)
 
     def to_torch(self, array: np.ndarray) -> torch.Tensor:
-        array = np.ascontiguousarray(array.T if self.transpose else array, dtype=np.float32)
+        array = np.ascontiguousarray(_swap_last(array, self.transpose), dtype=np.float32)
         return torch.from_numpy(array.copy())
 
     def to_jax(self, tensor: torch.Tensor) -> np.ndarray:
         array = tensor.detach().to(torch.float32).cpu().numpy()
-        return np.ascontiguousarray(array.T if self.transpose else array)
+        return np.ascontiguousarray(_swap_last(array, self.transpose))
+
+    def arrays_to_torch(self, arrays: Sequence[np.ndarray]) -> torch.Tensor:
+        return self.to_torch(arrays[0])
+
+    def tensor_to_jax(self, tensor: torch.Tensor) -> List[np.ndarray]:
+        return [self.to_jax(tensor)]
+
+
+@dataclass(frozen=True)
+class ConcatRule:
+    """Several JAX blocks joined along ``axis`` into one torch tensor (HyperV2's ``w0__0..13``).
+
+    The blocks are concatenated in the listed order (numeric, not the
+    lexicographic order of the file), then ``transpose`` swaps the last two axes.
+    """
+
+    jax_paths: Tuple[Path, ...]
+    torch_key: str
+    jax_shapes: Tuple[Tuple[int, ...], ...]
+    axis: int
+    transpose: bool = False
+
+    def arrays_to_torch(self, arrays: Sequence[np.ndarray]) -> torch.Tensor:
+        joined = np.concatenate([np.asarray(a, dtype=np.float32) for a in arrays], axis=self.axis)
+        return torch.from_numpy(np.ascontiguousarray(_swap_last(joined, self.transpose)).copy())
+
+    def tensor_to_jax(self, tensor: torch.Tensor) -> List[np.ndarray]:
+        joined = _swap_last(tensor.detach().to(torch.float32).cpu().numpy(), self.transpose)
+        ends = np.cumsum([shape[self.axis] for shape in self.jax_shapes])[:-1]
+        return [np.ascontiguousarray(a) for a in np.split(joined, ends, axis=self.axis)]
+
+    @property
+    def joined_shape(self) -> Tuple[int, ...]:
+        shape = list(self.jax_shapes[0])
+        shape[self.axis] = sum(s[self.axis] for s in self.jax_shapes)
+        if self.transpose:
+            shape[-1], shape[-2] = shape[-2], shape[-1]
+        return tuple(shape)
 
 
 @dataclass(frozen=True)
@@ -61,6 +112,9 @@ class Family:
     config_defaults: Optional[Callable[[], Dict]] = None
     #: namedtuple nodes whose keys keep their field order when written (others are sorted, as Haiku does)
     field_orders: Tuple[Tuple[Path, Tuple[str, ...]], ...] = ()
+    #: ``(container, gin bindings, config) -> optimizer settings`` the checkpoint was trained with
+    #: (recorded as ``config["pylo"]["optimizer_config"]``); raises on a config.gin that contradicts theta
+    training_config: Optional[Callable[[str, Dict[str, Any], Dict], Dict]] = None
     #: brings equivalent theta layouts to the one the rules describe (e.g. drops a stack axis of size 1)
     canonical: Optional[Callable[[Dict[Path, np.ndarray], str], Dict[Path, np.ndarray]]] = None
 
@@ -79,13 +133,14 @@ class Family:
             hint = f" (it looks like {other.name}: --optimizer {other.optimizers[0]})" if other else ""
             raise CheckpointError(f"{origin}: not a {self.name}: {e}{hint}") from None
         tensor_rules, config_rules = self.rules(config)
-        expected = {r.jax_path: r for r in [*tensor_rules, *config_rules]}
+        expected = {path: shape for r in tensor_rules for path, shape in zip(r.jax_paths, r.jax_shapes)}
+        expected.update({r.jax_path: r.jax_shape for r in config_rules})
         _check_keys(origin, self.name, set(leaves), set(expected))
-        for path, rule in expected.items():
-            _check_shape(origin, path, leaves[path].shape, rule.jax_shape)
+        for path, shape in expected.items():
+            _check_shape(origin, path, leaves[path].shape, shape)
             if not np.issubdtype(leaves[path].dtype, np.floating):
                 raise CheckpointError(f"{origin}: {path_str(path)} has dtype {leaves[path].dtype}, expected float")
-        tensors = {r.torch_key: r.to_torch(leaves[r.jax_path]) for r in tensor_rules}
+        tensors = {r.torch_key: r.arrays_to_torch([leaves[p] for p in r.jax_paths]) for r in tensor_rules}
         for r in config_rules:
             config[r.config_key] = [float(x) for x in leaves[r.jax_path].astype(np.float32).ravel()]
         return config, tensors
@@ -107,8 +162,12 @@ class Family:
                                                             extra and f"unexpected {', '.join(extra)}"])))
         items: Dict[Path, np.ndarray] = {}
         for r in tensor_rules:
-            items[r.jax_path] = r.to_jax(tensors[r.torch_key])
-            _check_shape(origin, r.jax_path, items[r.jax_path].shape, r.jax_shape)
+            if isinstance(r, ConcatRule) and tuple(tensors[r.torch_key].shape) != r.joined_shape:
+                raise CheckpointError(f"{origin}: {r.torch_key} has shape {tuple(tensors[r.torch_key].shape)}, "
+                                      f"expected {r.joined_shape}")
+            for path, shape, array in zip(r.jax_paths, r.jax_shapes, r.tensor_to_jax(tensors[r.torch_key])):
+                items[path] = array
+                _check_shape(origin, path, array.shape, shape)
         defaults = self.config_defaults() if self.config_defaults else {}
         for r in config_rules:
             values = config.get(r.config_key, defaults.get(r.config_key))
@@ -318,8 +377,195 @@ CELO2_FF = Family(
     canonical=_celo2_canonical,
 )
 
+
+# ============================================== HyperV2: VeLO and Celo (LSTM + MLP bank)
+RNN = ("rnn_params",)
+LSTM_STATE = ("lstm_init_state",)
+#: upstream rnn_params module -> pylo VeLORNN submodule (the published VeLO_RNN names)
+HYPER_RNN_LAYERS = (("linear", "mix_layer1"), ("linear_1", "mix_layer2"), ("linear_2", "final_mix_layer"),
+                    ("rnn/linear", "lstm.linear"), ("rnn_to_controls", "rnn_to_controls"), ("step_size", "step_size"))
+CELO_LSTM_INPUTS = 18  # fraction embedding (9) + loss features (9)
+
+
+def _leaf(leaves: Dict[Path, np.ndarray], path: Path, ndim: int) -> np.ndarray:
+    if path not in leaves:
+        raise CheckpointError(f"theta has no {path_str(path)}")
+    if leaves[path].ndim != ndim:
+        raise CheckpointError(f"theta {path_str(path)} has shape {leaves[path].shape}, expected {ndim} axes")
+    return leaves[path]
+
+
+def _hyper_config(leaves: Dict[Path, np.ndarray]) -> Dict:
+    """Geometry of a HyperV2 / Celo theta, read from its shapes (then every shape is checked against it)."""
+    n_in, hidden = _leaf(leaves, RNN + ("linear_1", "w"), 2).shape
+    param_inits = _leaf(leaves, RNN + ("rnn_to_controls", "w"), 2).shape[1]
+    widths = []
+    while FF + (f"w0__{len(widths)}",) in leaves:  # numeric order, whatever the file's key order
+        widths.append(int(_leaf(leaves, FF + (f"w0__{len(widths)}",), 3).shape[1]))
+    if not widths:
+        raise CheckpointError("theta has no ff_mod_stack/~/w0__0")
+    _check_group_widths(leaves, widths)
+    layers = 1
+    while FF + (f"w{layers}",) in leaves:
+        layers += 1
+    if layers < 2:
+        raise CheckpointError("theta has no ff_mod_stack/~/w1 (the MLP needs at least two layers)")
+    return {"lstm_input_size": int(n_in), "lstm_hidden_size": int(hidden), "param_inits": int(param_inits),
+            "input_size": sum(widths), "hidden_size": int(_leaf(leaves, FF + ("b0",), 2).shape[1]),
+            "hidden_layers": layers - 2, "output_size": int(_leaf(leaves, FF + (f"w{layers - 1}",), 3).shape[2]),
+            "group_widths": widths}
+
+
+def _consistent_widths(widths: Sequence[int]) -> bool:
+    """14 groups whose widths follow from some numbers of momentum / RMS / Adafactor decays."""
+    if len(widths) != 14:
+        return False
+    k_mom, k_rms, k_fac = widths[3], widths[4], widths[7]
+    return list(widths) == [1, 1, 1, k_mom, k_rms, max(k_mom, k_rms), k_rms, k_fac, k_rms, k_fac, k_fac, k_fac,
+                            k_fac, max(k_mom, k_fac)]
+
+
+def _check_group_widths(leaves: Dict[Path, np.ndarray], widths: Sequence[int]) -> None:
+    from pylo.core.features import HYPER_GROUP_WIDTHS
+
+    if _consistent_widths(widths):
+        return
+    for i, (got, want) in enumerate(zip(list(widths) + [None] * 14, HYPER_GROUP_WIDTHS)):
+        if got != want:
+            block = FF + (f"w0__{i}",)
+            shape = leaves[block].shape if block in leaves else "missing"
+            raise CheckpointError(f"theta {path_str(block)} has shape {shape}: the 14 feature-group blocks "
+                                  f"have {HYPER_GROUP_WIDTHS} inputs")
+    raise CheckpointError(f"theta has {len(widths)} ff_mod_stack/~/w0__<i> blocks, expected 14")
+
+
+def _velo_lstm_inputs(widths: Sequence[int]) -> int:
+    k_mom, k_rms = widths[3], widths[4]
+    return 9 + 9 + k_rms + 5 + k_mom + max(k_mom, k_rms)
+
+
+def _velo_config(leaves: Dict[Path, np.ndarray]) -> Dict:
+    config = _hyper_config(leaves)
+    want = _velo_lstm_inputs(config["group_widths"])
+    if config["lstm_input_size"] != want:
+        hint = " (a Celo theta: use --optimizer celo)" if config["lstm_input_size"] == CELO_LSTM_INPUTS else ""
+        raise CheckpointError(f"theta's LSTM reads {config['lstm_input_size']} features, VeLO builds {want}{hint}")
+    return config
+
+
+def _celo_config(leaves: Dict[Path, np.ndarray]) -> Dict:
+    config = _hyper_config(leaves)
+    if config["lstm_input_size"] != CELO_LSTM_INPUTS:
+        hint = " (a VeLO theta: use --optimizer velo)" if config["lstm_input_size"] == _velo_lstm_inputs(
+            config["group_widths"]) else ""
+        raise CheckpointError(f"theta's LSTM reads {config['lstm_input_size']} features, Celo builds "
+                              f"{CELO_LSTM_INPUTS}{hint}")
+    return config
+
+
+def _hyper_torch_config(tensors: Dict[str, torch.Tensor]) -> Dict:
+    from pylo.models.hyper_network import config_from_tensors
+
+    try:
+        return config_from_tensors(tensors)
+    except CheckpointError:
+        return {}
+
+
+def hyper_rules(config: Dict) -> Tuple[List, List[ConfigRule]]:
+    """HyperV2 theta <-> :class:`pylo.models.HyperNetwork` (``rnn.*``, ``mlp.*``)."""
+    from pylo.core.features import HYPER_GROUP_WIDTHS
+
+    n_in, hidden, P = config["lstm_input_size"], config["lstm_hidden_size"], config["param_inits"]
+    ff_hidden, n_hidden, n_out = config["hidden_size"], config["hidden_layers"], config["output_size"]
+    widths = [int(w) for w in config.get("group_widths") or HYPER_GROUP_WIDTHS]
+    if sum(widths) != config["input_size"]:
+        raise CheckpointError(f"MLP input size {config['input_size']} does not match feature groups {widths}")
+    sizes = {"linear": (n_in, hidden), "linear_1": (n_in, hidden), "linear_2": (n_in, hidden),
+             "rnn/linear": (2 * hidden, 4 * hidden), "rnn_to_controls": (hidden, P), "step_size": (hidden, 1)}
+    rules: List = [TensorRule(LSTM_STATE + ("hidden",), "rnn.lstm_init_state.0", (1, hidden)),
+                   TensorRule(LSTM_STATE + ("cell",), "rnn.lstm_init_state.1", (1, hidden))]
+    for jax_name, torch_name in HYPER_RNN_LAYERS:
+        fan_in, fan_out = sizes[jax_name]
+        rules.append(TensorRule(RNN + (jax_name, "w"), f"rnn.{torch_name}.weight", (fan_in, fan_out), transpose=True))
+        rules.append(TensorRule(RNN + (jax_name, "b"), f"rnn.{torch_name}.bias", (fan_out,)))
+    rules.append(ConcatRule(tuple(FF + (f"w0__{i}",) for i in range(len(widths))), "mlp.input_weights_",
+                            tuple((P, w, ff_hidden) for w in widths), axis=1, transpose=True))
+    rules.append(TensorRule(FF + ("b0",), "mlp.input_bias_", (P, ff_hidden)))
+    for i in range(n_hidden):
+        rules.append(TensorRule(FF + (f"w{i + 1}",), f"mlp.hidden_weights_.{i}", (P, ff_hidden, ff_hidden),
+                                transpose=True))
+        rules.append(TensorRule(FF + (f"b{i + 1}",), f"mlp.hidden_bias_.{i}", (P, ff_hidden)))
+    rules.append(TensorRule(FF + (f"w{n_hidden + 1}",), "mlp.output_weights_", (P, ff_hidden, n_out), transpose=True))
+    rules.append(TensorRule(FF + (f"b{n_hidden + 1}",), "mlp.output_bias_", (P, n_out)))
+    return rules, []
+
+
+#: HyperV2's class defaults for the flags a config.gin may bind
+HYPER_V2_FLAG_DEFAULTS = {"use_bugged_loss_features": True, "use_bugged_next_lstm_state": False}
+#: config.gin geometry bindings -> pylo config keys
+HYPER_V2_GEOMETRY = {"lstm_hidden_size": "lstm_hidden_size", "param_inits": "param_inits",
+                     "ff_hidden_size": "hidden_size"}
+
+
+def _velo_training_config(container: str, gin: Dict[str, Any], config: Dict) -> Dict:
+    """The bug flags a VeLO checkpoint was trained with, where its container or config.gin says."""
+    if container.startswith("tuple"):  # pretrained_optimizers._pretrained_lopt_load_baseline
+        return {"use_bugged_loss_features": True, "use_bugged_next_lstm_state": True}
+    if not gin:
+        return {}
+    lopt = next((str(v) for k, v in gin.items() if k.endswith("run_train.lopt")), None)
+    if lopt is not None and "HyperV2" not in lopt:
+        raise CheckpointError(f"config.gin trains {lopt}, not HyperV2 (VeLO)")
+    bound = {k.rsplit("HyperV2.", 1)[1]: v for k, v in gin.items() if "HyperV2." in k}
+    for gin_key, config_key in HYPER_V2_GEOMETRY.items():
+        if gin_key in bound and bound[gin_key] != config[config_key]:
+            raise CheckpointError(f"config.gin sets HyperV2.{gin_key} = {bound[gin_key]} but theta has "
+                                  f"{config[config_key]}")
+    return {name: bool(bound.get(name, default)) for name, default in HYPER_V2_FLAG_DEFAULTS.items()}
+
+
+def _describe_hyper(name: str) -> Callable[[Dict], str]:
+    def describe(c: Dict) -> str:
+        return (f"{name}: LSTM {c['lstm_input_size']} -> {c['lstm_hidden_size']}, bank of {c['param_inits']} MLPs "
+                f"{c['input_size']} -> {c['hidden_size']} x {c['hidden_layers'] + 1} -> {c['output_size']}")
+    return describe
+
+
+def _hyper_looks_like(celo: bool) -> Callable[[Dict[Path, np.ndarray]], bool]:
+    def looks_like(leaves: Dict[Path, np.ndarray]) -> bool:
+        mix = leaves.get(RNN + ("linear_1", "w"))
+        return (FF + ("w0__0",) in leaves and RNN + ("rnn/linear", "w") in leaves and mix is not None
+                and mix.ndim == 2 and (mix.shape[0] == CELO_LSTM_INPUTS) == celo)
+    return looks_like
+
+
+VELO = Family(
+    name="HyperV2 theta (VeLO: rnn_params LSTM + ff_mod_stack bank)",
+    optimizers=("velo",),
+    looks_like=_hyper_looks_like(celo=False),
+    infer_config=_velo_config,
+    rules=hyper_rules,
+    describe=_describe_hyper("VeLO"),
+    infer_torch_config=_hyper_torch_config,
+    field_orders=((LSTM_STATE, ("hidden", "cell")),),
+    training_config=_velo_training_config,
+)
+
+CELO = Family(
+    name="Celo theta (rnn_params LSTM over 18 features + ff_mod_stack)",
+    optimizers=("celo",),
+    looks_like=_hyper_looks_like(celo=True),
+    infer_config=_celo_config,
+    rules=hyper_rules,
+    describe=_describe_hyper("Celo"),
+    infer_torch_config=_hyper_torch_config,
+    field_orders=((LSTM_STATE, ("hidden", "cell")),),
+)
+
 #: every family, in the order ``inspect`` tries them
-FAMILIES: List[Family] = [ADAFAC_MLP, ELO_MLP, CELO2_FF]
+FAMILIES: List[Family] = [ADAFAC_MLP, ELO_MLP, CELO2_FF, VELO, CELO]
+
 
 
 def family_for(optimizer: str) -> Family:

@@ -41,6 +41,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         for info, config, backend in selected:
             print(f"{info.name:<10} {config.name:<20} {backend:<8} {config.steps:>4} steps  {config.description}")
         return 0
+    skipped = [(info, config, backend, registry.unavailable(config)) for info, config, backend in selected
+               if registry.unavailable(config)]
+    for info, config, backend, reason in skipped:
+        print(f"pylo-parity: skipping {info.name}/{config.name}/{backend}: {reason}", file=sys.stderr)
+    selected = [(i, c, b) for i, c, b in selected if not registry.unavailable(c)]
+    if not selected:
+        print("pylo-parity: every selected case was skipped", file=sys.stderr)
+        return 2
     missing = sorted({m for info, _, _ in selected for m in ("jax", "flax", "optax") + info.requires
                       if importlib.util.find_spec(m) is None})
     if missing:

@@ -8,6 +8,8 @@ JAX's HWIO layout, as a JAX model would hold the same kernel).
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 from typing import Dict, Tuple
 
 import numpy as np
@@ -56,11 +58,23 @@ def gradient_stream(shapes: Dict[str, Shape], steps: int, seed: int, scales=GRAD
 
 
 def loss_curve(steps: int, seed: int) -> np.ndarray:
-    """A loss that falls, rises, plateaus and falls again (so every loss feature moves)."""
+    """A loss that falls, rises, plateaus and falls again, with one spike (so every loss feature moves)."""
     rng = np.random.default_rng(seed + 2)
     t = np.arange(steps, dtype=np.float64)
     fall = 3.0 * np.exp(-t / max(steps / 4, 1))
     bump = 1.5 * np.exp(-((t - 0.55 * steps) ** 2) / (2 * (0.06 * steps + 1) ** 2))
     plateau = np.where((t > 0.7 * steps) & (t < 0.85 * steps), 0.0, -0.002 * t)
     noise = 0.02 * rng.standard_normal(steps)
-    return (1.0 + fall + bump + plateau + noise + 0.01 * math.pi).astype(np.float32)
+    loss = 1.0 + fall + bump + plateau + noise + 0.01 * math.pi
+    if steps >= 10:
+        loss[int(0.9 * steps)] *= 5.0  # one spike, which VeLO's loss buffer caps
+    return loss.astype(np.float32)
+
+
+def shared_checkpoints_dir() -> Path:
+    """Where real published checkpoints live: ``PYLO_SHARED_CHECKPOINTS``, else ``../shared/checkpoints``
+    beside the repository (as in ``tests/conftest.py``)."""
+    env = os.environ.get("PYLO_SHARED_CHECKPOINTS")
+    if env:
+        return Path(env).expanduser()
+    return Path(__file__).resolve().parents[1].parent / "shared" / "checkpoints"

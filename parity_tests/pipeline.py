@@ -1,7 +1,8 @@
 """Running one parity case the way a user would.
 
 1. seeded meta-parameters from the JAX reference (zero-initialised leaves get
-   noise, so biases and decay offsets are exercised);
+   noise, so biases and decay offsets are exercised), or a real upstream
+   checkpoint named by the config (``real_theta``);
 2. written as an upstream-format checkpoint (flax msgpack in the configured
    container, or a pickle);
 3. converted with ``pylo-convert`` (the CLI entry point, in process);
@@ -105,6 +106,15 @@ def write_upstream_checkpoint(theta, folder: Path, container: str) -> Path:
     return path
 
 
+def read_real_theta(path: Path):
+    """A real upstream checkpoint's theta, read by flax itself (independently of ``pylo-convert``)."""
+    import flax.serialization
+
+    if not path.is_file():
+        raise FileNotFoundError(f"real checkpoint {path} not found (set PYLO_SHARED_CHECKPOINTS)")
+    return flax.serialization.msgpack_restore(path.read_bytes())
+
+
 def make_checkpoint(info: OptimizerInfo, config: ParityConfig, folder: Path):
     """Steps 1-3: seeded theta from the reference, written upstream's way, converted by ``pylo-convert``.
 
@@ -116,8 +126,12 @@ def make_checkpoint(info: OptimizerInfo, config: ParityConfig, folder: Path):
 
     folder = Path(folder)
     reference = info.make_reference(config)
-    theta = perturb_zero_leaves(reference.init(jax.random.PRNGKey(config.seed)), config.seed, config.theta_noise)
-    src = write_upstream_checkpoint(theta, folder, config.container)
+    if config.real_theta is not None:
+        src = fixtures.shared_checkpoints_dir() / config.real_theta
+        theta = read_real_theta(src)
+    else:
+        theta = perturb_zero_leaves(reference.init(jax.random.PRNGKey(config.seed)), config.seed, config.theta_noise)
+        src = write_upstream_checkpoint(theta, folder, config.container)
     ckpt = folder / "converted"
     log = io.StringIO()
     with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):

@@ -13,7 +13,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
-from pylo.optim import AdafacLO_naive, CELO2_naive, ELO_CELO2_naive, ELO_naive, MuLO_naive
+from pylo.optim import AdafacLO_naive, CELO2_naive, Celo_naive, ELO_CELO2_naive, ELO_naive, MuLO_naive, VeLO_naive
 from pylo.parity_tests.fixtures import DEFAULT_SHAPES, GRAD_SCALES, Shape
 
 NamedParams = List[Tuple[str, torch.nn.Parameter]]
@@ -36,6 +36,9 @@ class ParityConfig:
     grad_scales: Tuple[float, ...] = GRAD_SCALES
     #: standard deviation of the noise added to theta leaves that start at zero (biases, decay offsets)
     theta_noise: float = 0.1
+    #: a real upstream checkpoint to use instead of a seeded theta, relative to the shared checkpoints
+    #: folder (``fixtures.shared_checkpoints_dir()``); the case is skipped where it is absent
+    real_theta: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -145,6 +148,108 @@ MULO = OptimizerInfo(
                      reference_kwargs=MULO_SIZE, container="parameter-checkpoint", seed=3),
     ),
 )
+
+# ================================================================== VeLO, Celo
+def _velo_torch(named: NamedParams, ckpt: str, config: ParityConfig, backend: Mapping) -> torch.optim.Optimizer:
+    return VeLO_naive(named, checkpoint_path=ckpt, num_steps=config.num_steps, **config.torch_kwargs, **backend)
+
+
+def _velo_reference(config: ParityConfig):
+    from pylo.reference_jax.hyper_v2 import HyperV2
+    from pylo.reference_jax.prefab import Prefab
+
+    kwargs = dict(config.reference_kwargs)
+    prefab = kwargs.pop("prefab", None)
+    lopt = HyperV2(**kwargs)
+    return Prefab(lopt, **prefab) if prefab else lopt
+
+
+def _celo_torch(named: NamedParams, ckpt: str, config: ParityConfig, backend: Mapping) -> torch.optim.Optimizer:
+    return Celo_naive(named, num_steps=config.num_steps, checkpoint_path=ckpt, **config.torch_kwargs, **backend)
+
+
+def _celo_reference(config: ParityConfig):
+    from pylo.reference_jax.celo import Celo
+
+    return Celo(**config.reference_kwargs)
+
+
+RELEASED_VELO_FLAGS = dict(use_bugged_loss_features=False, use_bugged_next_lstm_state=False)
+LEGACY_VELO_FLAGS = dict(use_bugged_loss_features=True, use_bugged_next_lstm_state=True)
+VELO_PUBLISHED = dict(lstm_hidden_size=512, param_inits=256)
+VELO_SMALL = dict(lstm_hidden_size=24, param_inits=8)
+VELO_SHAPES = {**DEFAULT_SHAPES, "tensor5d": (2, 1, 3, 1, 4)}  # rank feature: five axes, two of size 1
+
+#: Seeds and theta noise are chosen so the random meta-weights give a bounded trajectory: most random
+#: VeLO weights make the parameters grow geometrically within 50 steps, and a diverging trajectory
+#: amplifies float32 rounding exponentially (it tests the seed, not the port). Horizons are ones whose
+#: loss-buffer decays XLA computes correctly rounded (see tests/test_loss_buffer.py).
+def _hyper_network(**config) -> Callable[[], torch.nn.Module]:
+    def make() -> torch.nn.Module:
+        from pylo.models import HyperNetwork
+
+        return HyperNetwork.random(**config)
+    return make
+
+
+VELO = OptimizerInfo(
+    name="velo",
+    torch_class=VeLO_naive,
+    make_torch=_velo_torch,
+    make_reference=_velo_reference,
+    needs_loss=True,
+    make_network=_hyper_network(lstm_hidden_size=512, param_inits=256),
+    bench_kwargs=dict(num_steps=10_000),
+    configs=(
+        ParityConfig("published", "released VeLO: lstm 512, 256 MLPs, released flags, ParameterCheckpoint",
+                     reference_kwargs=dict(VELO_PUBLISHED, **RELEASED_VELO_FLAGS), torch_kwargs=RELEASED_VELO_FLAGS,
+                     shapes=VELO_SHAPES, steps=60, num_steps=1000, container="parameter-checkpoint",
+                     theta_noise=1.0),
+        ParityConfig("small-short", "lstm 24, 8 MLPs, released flags, num_steps 50 < 60 steps run",
+                     reference_kwargs=dict(VELO_SMALL, **RELEASED_VELO_FLAGS), torch_kwargs=RELEASED_VELO_FLAGS,
+                     shapes=VELO_SHAPES, steps=60, num_steps=50, seed=36),
+        ParityConfig("published-legacy", "lstm 512, 256 MLPs, both legacy flags on, (theta, '', 0) file",
+                     reference_kwargs=dict(VELO_PUBLISHED, **LEGACY_VELO_FLAGS), torch_kwargs=LEGACY_VELO_FLAGS,
+                     shapes=VELO_SHAPES, steps=60, num_steps=1000, container="tuple", seed=5, theta_noise=0.5),
+        ParityConfig("small-legacy-short", "lstm 24, 8 MLPs, both legacy flags on, num_steps 30",
+                     reference_kwargs=dict(VELO_SMALL, **LEGACY_VELO_FLAGS), torch_kwargs=LEGACY_VELO_FLAGS,
+                     shapes=VELO_SHAPES, steps=60, num_steps=30, seed=7),
+        ParityConfig("small-prefab", "prefab: 2-step gradient averaging (horizon 120 > 60), weight decay 1e-4",
+                     reference_kwargs=dict(VELO_SMALL, **RELEASED_VELO_FLAGS,
+                                           prefab=dict(weight_decay=1e-4, max_training_steps=60)),
+                     torch_kwargs=dict(RELEASED_VELO_FLAGS, weight_decay=1e-4, weight_decay_mode="prefab",
+                                       max_training_steps=60),
+                     shapes=VELO_SHAPES, steps=120, num_steps=120, seed=43),
+    ),
+)
+
+CELO_RELEASED = dict(lstm_hidden_size=64, param_inits=1, train_phase=2)
+
+CELO = OptimizerInfo(
+    name="celo",
+    torch_class=Celo_naive,
+    make_torch=_celo_torch,
+    make_reference=_celo_reference,
+    needs_loss=True,
+    make_network=_hyper_network(lstm_input_size=18, lstm_hidden_size=64, param_inits=1),
+    bench_kwargs=dict(num_steps=10_000),
+    configs=(
+        ParityConfig("seeded-released-size", "seeded theta at the released size (lstm 64, 1 MLP)",
+                     reference_kwargs=CELO_RELEASED, shapes=VELO_SHAPES, steps=60, num_steps=200, seed=11,
+                     theta_noise=0.5),
+        ParityConfig("real", "the real Celo checkpoint (amoudgl/celo theta.state), num_steps 1000",
+                     reference_kwargs=CELO_RELEASED, shapes=VELO_SHAPES, steps=60, num_steps=1000,
+                     real_theta="celo/theta.state", seed=9),
+        ParityConfig("real-short", "the real Celo checkpoint, num_steps 50 < 60 steps run",
+                     reference_kwargs=CELO_RELEASED, shapes=VELO_SHAPES, steps=60, num_steps=50,
+                     real_theta="celo/theta.state", seed=10),
+        ParityConfig("seeded-bank-phase1", "seeded lstm 16 with a bank of 4 MLPs (softmax controls), train_phase 1",
+                     reference_kwargs=dict(lstm_hidden_size=16, param_inits=4, train_phase=1),
+                     torch_kwargs=dict(train_phase=1), shapes=VELO_SHAPES, steps=60, num_steps=100, seed=12,
+                     theta_noise=0.5),
+    ),
+)
+
 
 # ======================================================= CELO2, ELO-CELO2, ELO
 #: gradient scales with a step far beyond +-1000 elementwise (CELO2's clamp acts; AdamW sees it raw)
@@ -272,7 +377,19 @@ ELO = OptimizerInfo(
     ),
 )
 
-REGISTRY: List[OptimizerInfo] = [ADAFACLO, MULO, CELO2, ELO_CELO2, ELO]
+REGISTRY: List[OptimizerInfo] = [ADAFACLO, MULO, VELO, CELO, CELO2, ELO_CELO2, ELO]
+
+
+def unavailable(config: ParityConfig) -> Optional[str]:
+    """Why a case cannot run here (a real checkpoint that is absent), or None."""
+    if config.real_theta is None:
+        return None
+    from pylo.parity_tests.fixtures import shared_checkpoints_dir
+
+    path = shared_checkpoints_dir() / config.real_theta
+    if not path.is_file():
+        return f"real checkpoint {path} not found (set PYLO_SHARED_CHECKPOINTS)"
+    return None
 
 
 def get(name: str) -> OptimizerInfo:

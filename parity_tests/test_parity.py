@@ -18,6 +18,9 @@ CASES = list(registry.cases())
 def test_parity(info, config, backend):
     for module in info.requires:
         pytest.importorskip(module)
+    reason = registry.unavailable(config)
+    if reason:
+        pytest.skip(reason)
     result = run_case(info, config, backend)
     assert result.error is None, result.error
     assert len(result.shapes) == len(config.shapes)

@@ -8,6 +8,7 @@ local cache is read), ``HF_HUB_CACHE``/``HF_HOME``, and a revision pinned with
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional, Tuple
 
 from pylo.checkpoint_io import CONFIG_NAME, Checkpoint, read_checkpoint
@@ -48,6 +49,9 @@ def hub_snapshot(key: str, cache_dir: Optional[str] = None) -> str:
 
 
 def fetch_hub_checkpoint(key: str, cache_dir: Optional[str] = None) -> Checkpoint:
+    """The checkpoint behind a hub key; like ``from_pretrained``, a key naming a local folder reads that folder."""
+    if isinstance(key, str) and Path(key).expanduser().is_dir():
+        return read_checkpoint(Path(key).expanduser())
     ckpt = read_checkpoint(hub_snapshot(key, cache_dir))
     ckpt.origin = f"hub:{key}"
     return ckpt

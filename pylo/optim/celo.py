@@ -1,0 +1,110 @@
+"""Celo v1 (Moudgil et al. 2025): a learned LSTM scheduler over a learned per-element MLP.
+
+Reference: ``amoudgl/celo`` ``celo/optimizers/celo.py`` (released config
+``Celo(lstm_hidden_size=64, param_inits=1, train_phase=2)``); our JAX twin is
+:mod:`pylo.reference_jax.celo`. Celo is VeLO's machinery
+(:mod:`pylo.optim.hyper`) with a smaller scheduler:
+
+* the LSTM reads only the fraction of training done and the loss features
+  (18 inputs, the same for every tensor except through the LSTM state);
+* ``lr_mult = 0.1 * exp(step_size(h))``, applied only when ``train_phase > 1``;
+* controls are a softmax over the MLP bank and the interpolation is a plain
+  mean (with the released ``param_inits=1`` the MLP is the checkpoint's one MLP).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from pylo.core.features import FRACTION_OFFSETS
+from pylo.core.loss_buffer import SIZE as LOSS_BUFFER_SIZE
+from pylo.models.hyper_network import HyperNetwork, build_hyper_network
+from pylo.models.loading import NetworkSpec, load_network
+from pylo.optim.hyper import (DEFAULT_ADAFACTOR_DECAYS, DEFAULT_MOMENTUM_DECAYS, DEFAULT_RMS_DECAYS,
+                              HyperOptimizerBase)
+
+LR_MULT_SCALE = 0.1
+CELO_NETWORK_SPEC = NetworkSpec(name="Celo network (LSTM + MLP)", module_type=HyperNetwork, families=("celo",),
+                                build=build_hyper_network)
+PUBLISHED_WEIGHTS = "hf://amoudgl/celo/theta.state"
+
+
+class Celo_naive(HyperOptimizerBase):
+    """Celo learned optimizer (pure PyTorch), step for step upstream's ``Celo``.
+
+    Args:
+        params: parameters, ``named_parameters()``, or param groups.
+        num_steps: the planned number of ``step()`` calls (required: the LSTM
+            scheduler reads the fraction of training done and loss averages
+            with half-lives up to ``num_steps``).
+        lr: multiplies Celo's step (1.0 reproduces Celo).
+        weight_decay, weight_decay_mode: ``"decoupled"`` (default):
+            ``p <- p - lr * (step + weight_decay * p)``; ``"prefab"``: ``weight_decay * p``
+            added to the gradient and ``sum_params(weight_decay * sum(p^2))`` to the
+            loss the LSTM sees (learned_optimization's ``WeightDecayWrapper``).
+        exp_mult, step_mult: ``step = lr_mult * d * param_scale * exp(mu * exp_mult) * step_mult``.
+        train_phase: upstream's phase; 1 ignores the LSTM's ``lr_mult`` (phase-1 weights).
+        hf_key: a hub repo in pylo's checkpoint layout (none is published: Celo's
+            weights are a JAX ``theta.state``, convert them with
+            ``pylo-convert theta.state celo_ckpt --optimizer celo``).
+        checkpoint_path: a pylo checkpoint folder (``pylo-convert ... --optimizer celo``).
+        network: a ready :class:`~pylo.models.HyperNetwork`; wins over everything.
+        clip_grad, max_grad_norm, all_reduce_loss, initial_*_decays, foreach,
+        kernel_layout, nonfinite_grads: as for :class:`~pylo.optim.VeLO_naive`.
+
+    ``step(loss)`` needs the loss (or a closure returning it).
+
+    Example:
+        >>> model = torch.nn.Linear(4, 2)
+        >>> opt = Celo_naive(model.parameters(), num_steps=1000, checkpoint_path="celo_ckpt")  # doctest: +SKIP
+        >>> loss = model(torch.randn(8, 4)).square().mean(); loss.backward()  # doctest: +SKIP
+        >>> opt.step(loss); opt.zero_grad()  # doctest: +SKIP
+    """
+
+    display_name = "Celo"
+
+    def __init__(self, params, num_steps: int, lr=1.0, weight_decay=0.0, exp_mult=0.001, step_mult=0.001,
+                 train_phase: int = 2, hf_key: Optional[str] = None, *, checkpoint_path=None,
+                 network: Optional[HyperNetwork] = None, weight_decay_mode: str = "decoupled", clip_grad=False,
+                 max_grad_norm=None, all_reduce_loss: bool = False,
+                 initial_momentum_decays=DEFAULT_MOMENTUM_DECAYS, initial_rms_decays=DEFAULT_RMS_DECAYS,
+                 initial_adafactor_decays=DEFAULT_ADAFACTOR_DECAYS, foreach: Optional[bool] = None,
+                 kernel_layout: str = "torch", nonfinite_grads: str = "raise"):
+        if train_phase not in (1, 2):
+            raise ValueError(f"train_phase must be 1 or 2, got {train_phase!r}")
+        if network is None and checkpoint_path is None and not hf_key:
+            raise ValueError(f"Celo needs its meta-network: its weights are published as a JAX checkpoint "
+                             f"({PUBLISHED_WEIGHTS}); convert them with `pylo-convert theta.state celo_ckpt "
+                             f"--optimizer celo` and pass checkpoint_path='celo_ckpt' (or network=)")
+        net, _ = load_network(CELO_NETWORK_SPEC, network=network, checkpoint_path=checkpoint_path,
+                              hub_keys=[hf_key] if hf_key else [])
+        self.train_phase = int(train_phase)
+        super().__init__(params, network=net, num_steps=num_steps, lr=lr, exp_mult=exp_mult, step_mult=step_mult,
+                         weight_decay=weight_decay, weight_decay_mode=weight_decay_mode,
+                         momentum_decays=[0.0] * len(initial_momentum_decays),
+                         rms_decays=[0.0] * len(initial_rms_decays),
+                         adafactor_decays=[0.0] * len(initial_adafactor_decays),
+                         initial_momentum_decays=initial_momentum_decays, initial_rms_decays=initial_rms_decays,
+                         initial_adafactor_decays=initial_adafactor_decays, interp_mult=1.0, clip_grad=clip_grad,
+                         max_grad_norm=max_grad_norm, all_reduce_loss=all_reduce_loss, max_training_steps=None,
+                         foreach=foreach, kernel_layout=kernel_layout, nonfinite_grads=nonfinite_grads)
+
+    def lstm_input_size(self, decays) -> int:
+        return len(FRACTION_OFFSETS) + (LOSS_BUFFER_SIZE - 1)
+
+    def lstm_inputs(self, p, mom, rms, fraction_features, loss_features):
+        return torch.cat([fraction_features, loss_features])
+
+    def lr_mult(self, raw: torch.Tensor) -> torch.Tensor:
+        return torch.exp(raw) * LR_MULT_SCALE
+
+    def controls(self, raw: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(raw, dim=-1)
+
+    def uses_lr_mult(self) -> bool:
+        return self.train_phase > 1
+
+
+Celo = Celo_naive
