@@ -166,7 +166,7 @@ class MuAdafacMLPLOpt(AdafacMLPLOpt):
         return model_state["mup_lrs_to_use"]
 
 
-class LOptimizer:
+class LOptimizer(common.ParamsInState):
     """learned_optimization-style optimizer: ``init(params, num_steps)`` / ``update(state, grads, loss)``."""
 
     def __init__(self, lopt: AdafacMLPLOpt, theta):
@@ -200,11 +200,3 @@ class LOptimizer:
         return AdafacMLPLOptState(params=next_params, mom_rolling=next_mom, rms_rolling=next_rms,
                                   fac_rolling_features=next_fac, iteration=opt_state.iteration + 1,
                                   state=model_state, num_steps=opt_state.num_steps)
-
-    @staticmethod
-    def get_params(state):
-        return state.params
-
-    @staticmethod
-    def set_params(state, params):
-        return state.replace(params=params)

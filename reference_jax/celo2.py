@@ -241,7 +241,7 @@ class Celo2LOpt:
         return Celo2Opt(self, theta)
 
 
-class Celo2Opt:
+class Celo2Opt(common.ParamsInState):
     def __init__(self, lopt: Celo2LOpt, theta):
         self.lopt, self.theta = lopt, theta
 
@@ -266,11 +266,3 @@ class Celo2Opt:
                               optax_state=optax_state, iteration=next_iteration, num_steps=opt_state.num_steps,
                               scheduled_lr=jnp.asarray(self.lopt.schedule(opt_state.num_steps)(next_iteration),
                                                        jnp.float32))
-
-    @staticmethod
-    def get_params(state):
-        return state.params
-
-    @staticmethod
-    def set_params(state, params):
-        return state.replace(params=params)

@@ -39,6 +39,18 @@ class FactoredAccum:
     v_diag: Any
 
 
+class ParamsInState:
+    """``get_params``/``set_params`` of a learned_optimization-style optimizer whose state has ``params``."""
+
+    @staticmethod
+    def get_params(state):
+        return state.params
+
+    @staticmethod
+    def set_params(state, params):
+        return state.replace(params=params)
+
+
 class InitUpdate(NamedTuple):
     init: Callable
     update: Callable

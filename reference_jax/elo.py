@@ -95,7 +95,7 @@ class ELO_AdafacMLPLOpt(AdafacMLPLOpt):
         return ELOOpt(self, theta)
 
 
-class ELOOpt:
+class ELOOpt(common.ParamsInState):
     def __init__(self, lopt: ELO_AdafacMLPLOpt, theta):
         self.lopt, self.theta = lopt, theta
 
@@ -123,11 +123,3 @@ class ELOOpt:
         return ELOState(params=params, state=model_state, mom_rolling=next_mom, rms_rolling=next_rms,
                         fac_rolling_features=next_fac, num_steps=opt_state.num_steps,
                         iteration=opt_state.iteration + 1, scheduled_lr=lr)
-
-    @staticmethod
-    def get_params(state):
-        return state.params
-
-    @staticmethod
-    def set_params(state, params):
-        return state.replace(params=params)

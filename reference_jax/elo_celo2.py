@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from pylo.reference_jax import common
 from pylo.reference_jax.celo2 import FF, Celo2Transformation, is_adam_leaf, warmup_cosine
 
 
@@ -68,7 +69,7 @@ class ELO_Celo2LOpt:
         return ELOCelo2Opt(self, theta)
 
 
-class ELOCelo2Opt:
+class ELOCelo2Opt(common.ParamsInState):
     def __init__(self, lopt: ELO_Celo2LOpt, theta):
         self.lopt, self.theta = lopt, theta
         self.t = Celo2Transformation(**lopt.celo2)
@@ -116,11 +117,3 @@ class ELOCelo2Opt:
         return ELOCelo2State(params=new_params, state=model_state if model_state is not None else opt_state.state,
                              iteration=it, num_steps=opt_state.num_steps, scheduled_lr=jnp.asarray(lr, jnp.float32),
                              mom_rolling=next_mom, rms_rolling=next_rms, fac_rolling=next_fac)
-
-    @staticmethod
-    def get_params(state):
-        return state.params
-
-    @staticmethod
-    def set_params(state, params):
-        return state.replace(params=params)

@@ -305,7 +305,7 @@ class HyperV2:
         return HyperOptimizer(self, theta)
 
 
-class HyperOptimizer:
+class HyperOptimizer(common.ParamsInState):
     """learned_optimization-style optimizer for a theta: ``init`` / ``update`` / ``get_params``."""
 
     def __init__(self, lopt: HyperV2, theta):
@@ -358,11 +358,3 @@ class HyperOptimizer:
                      mom_rolling=next_mom, rms_rolling=next_rms, fac_rolling=next_fac,
                      iteration=opt_state.iteration + 1, num_steps=opt_state.num_steps,
                      lstm_hidden_state=lstm_state, loss_buffer=loss_buffer)
-
-    @staticmethod
-    def get_params(state):
-        return state.params
-
-    @staticmethod
-    def set_params(state, params):
-        return state.replace(params=params)
