@@ -180,6 +180,9 @@ VELO_PUBLISHED = dict(lstm_hidden_size=512, param_inits=256)
 VELO_SMALL = dict(lstm_hidden_size=24, param_inits=8)
 VELO_SHAPES = {**DEFAULT_SHAPES, "tensor5d": (2, 1, 3, 1, 4)}  # rank feature: five axes, two of size 1
 
+HYPER_BACKENDS = {"naive": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"backend": "fused"}}
+#: in parity runs the fused backend uses tiny chunks so that every fixture tensor spans several of them
+
 #: Seeds and theta noise are chosen so the random meta-weights give a bounded trajectory: most random
 #: VeLO weights make the parameters grow geometrically within 50 steps, and a diverging trajectory
 #: amplifies float32 rounding exponentially (it tests the seed, not the port). Horizons are ones whose
@@ -198,6 +201,8 @@ VELO = OptimizerInfo(
     make_torch=_velo_torch,
     make_reference=_velo_reference,
     needs_loss=True,
+    backends=HYPER_BACKENDS,
+    parity_overrides=SMALL_CHUNKS,
     make_network=_hyper_network(lstm_hidden_size=512, param_inits=256),
     bench_kwargs=dict(num_steps=10_000),
     configs=(
@@ -231,6 +236,8 @@ CELO = OptimizerInfo(
     make_torch=_celo_torch,
     make_reference=_celo_reference,
     needs_loss=True,
+    backends=HYPER_BACKENDS,
+    parity_overrides=SMALL_CHUNKS,
     make_network=_hyper_network(lstm_input_size=18, lstm_hidden_size=64, param_inits=1),
     bench_kwargs=dict(num_steps=10_000),
     configs=(

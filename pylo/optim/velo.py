@@ -22,6 +22,7 @@ from typing import Optional
 import torch
 
 from pylo.core.accumulators import mean_over
+from pylo.core.chunked import DEFAULT_CHUNK
 from pylo.core.features import FRACTION_OFFSETS
 from pylo.core.loss_buffer import SIZE as LOSS_BUFFER_SIZE
 from pylo.models.hyper_network import HyperNetwork, build_hyper_network, merge_hub_parts
@@ -55,6 +56,28 @@ def velo_lstm_inputs(p: torch.Tensor, mom: torch.Tensor, rms: torch.Tensor, frac
     var_rms = mean_over(torch.square(rms - mean_m), axes)  # centred on the momentum's mean, as upstream
     rank = torch.zeros(RANK_CLASSES, dtype=torch.float32, device=p.device)
     n_rank = sum(1 for s in p.shape if s > 1)
+    if n_rank < RANK_CLASSES:
+        rank[n_rank] = 1.0
+    return torch.cat([fraction_features, loss_features, clip_log_abs(mean_rms, 10.0), rank,
+                      clip_log_abs(var_m, 10.0), clip_log_abs(var_rms, 10.0)])
+
+
+def velo_lstm_inputs_from_moments(moments, fraction_features: torch.Tensor,
+                                  loss_features: torch.Tensor) -> torch.Tensor:
+    """:func:`velo_lstm_inputs` from whole-tensor statistics (:class:`pylo.optim.hyper_fused.TensorMoments`).
+
+    With ``s = rsqrt(max(1e-9, mean(p^2)))``: the rescaled mean RMS is ``s * mean(rms)``,
+    the momentum's variance ``s^2 * var(m)``, and the RMS spread around the
+    momentum's mean ``s^2 * (var(rms) + (mean(rms) - mean(m))^2)`` (a sum of
+    non-negative terms: no cancellation).
+    """
+    norm_mult = torch.rsqrt(torch.clamp_min(moments.p_sq_mean, 1e-9))
+    norm_sq = norm_mult * norm_mult
+    mean_rms = moments.rms_mean * norm_mult
+    var_m = moments.m_var * norm_sq
+    var_rms = (moments.rms_var + torch.square(moments.rms_mean - moments.m_mean)) * norm_sq
+    rank = torch.zeros(RANK_CLASSES, dtype=torch.float32, device=mean_rms.device)
+    n_rank = sum(1 for s in moments.shape if s > 1)
     if n_rank < RANK_CLASSES:
         rank[n_rank] = 1.0
     return torch.cat([fraction_features, loss_features, clip_log_abs(mean_rms, 10.0), rank,
@@ -114,7 +137,15 @@ class VeLO_naive(HyperOptimizerBase):
             parameters do not move in between. ``None`` turns it off.
         ff_mult: the interpolation factor of the MLP bank (100 in VeLO; the
             Celo repository's small ``velo-s`` uses 1).
-        foreach: multi-tensor implementation (default: True on CUDA).
+        foreach: multi-tensor implementation (default: True on CUDA); shorthand for
+            ``backend="foreach"`` (``False``: ``"naive"``).
+        backend: ``None`` (default here: the ``foreach`` rule above), ``"naive"``
+            (tensor by tensor), ``"foreach"`` (multi-tensor accumulators, one batched
+            interpolation), ``"fused"`` (chunked, bounded memory, normalisers folded into
+            the first layer; fastest on CPU), ``"triton"`` (GPU kernels), or ``"auto"``
+            (triton on CUDA when available, else fused; the default of :class:`VeLO`).
+            All compute the same update within float32 round-off.
+        chunk_size: elements per chunk of the fused backend (bounds its transient memory).
         kernel_layout: ``"torch"`` (default) treats 4-D tensors as OIHW conv
             kernels and computes in JAX's HWIO layout, as upstream sees the same
             kernel; ``"jax"`` takes 4-D tensors as they are.
@@ -146,7 +177,8 @@ class VeLO_naive(HyperOptimizerBase):
                  use_bugged_next_lstm_state: bool = False, weight_decay_mode: str = "decoupled",
                  all_reduce_loss: bool = False, max_training_steps: Optional[int] = MAX_TRAINING_STEPS,
                  ff_mult: float = 100.0, max_grad_norm=None, foreach: Optional[bool] = None,
-                 kernel_layout: str = "torch", nonfinite_grads: str = "raise"):
+                 kernel_layout: str = "torch", nonfinite_grads: str = "raise", backend: Optional[str] = None,
+                 chunk_size: int = DEFAULT_CHUNK):
         if mup_lrs is not None:
             raise ValueError("mup_lrs is not supported by VeLO (upstream's VeLO has no μP scales)")
         if network is None and checkpoint_path is None and not (hf_key_rnn and hf_key_mlp):
@@ -168,7 +200,7 @@ class VeLO_naive(HyperOptimizerBase):
                          max_training_steps=max_training_steps, foreach=foreach, kernel_layout=kernel_layout,
                          nonfinite_grads=nonfinite_grads, extra_defaults=dict(concat_weights=concat_weights,
                                              make_separate_weights=make_separate_weights,
-                                             split_weights=split_weights))
+                                             split_weights=split_weights), backend=backend, chunk_size=chunk_size)
         self._warn_on_training_config(config, use_bugged_loss_features=use_bugged_loss_features,
                                       use_bugged_next_lstm_state=use_bugged_next_lstm_state)
 
@@ -179,6 +211,9 @@ class VeLO_naive(HyperOptimizerBase):
     def lstm_inputs(self, p, mom, rms, fraction_features, loss_features):
         return velo_lstm_inputs(p, mom, rms, fraction_features, loss_features)
 
+    def lstm_inputs_from_moments(self, moments, fraction_features, loss_features):
+        return velo_lstm_inputs_from_moments(moments, fraction_features, loss_features)
+
     def propagates_lstm_state(self) -> bool:
         return not self.use_bugged_next_lstm_state
 
@@ -186,4 +221,15 @@ class VeLO_naive(HyperOptimizerBase):
         return BUGGED_LOSS_HORIZON if self.use_bugged_loss_features else inner_steps
 
 
-VeLO = VeLO_naive
+class VeLO(VeLO_naive):
+    """VeLO on its fastest backend (``backend="auto"``: Triton kernels on CUDA, else the
+    fused backend): the recommended entry point.
+
+    Same arguments and results as :class:`VeLO_naive` (within float32 round-off);
+    an explicit ``foreach=`` still selects the foreach (or naive) backend.
+    """
+
+    def __init__(self, params, *args, backend: Optional[str] = None, **kwargs):
+        if backend is None and kwargs.get("foreach") is None:
+            backend = "auto"
+        super().__init__(params, *args, backend=backend, **kwargs)
