@@ -180,8 +180,8 @@ VELO_PUBLISHED = dict(lstm_hidden_size=512, param_inits=256)
 VELO_SMALL = dict(lstm_hidden_size=24, param_inits=8)
 VELO_SHAPES = {**DEFAULT_SHAPES, "tensor5d": (2, 1, 3, 1, 4)}  # rank feature: five axes, two of size 1
 
-HYPER_BACKENDS = {"naive": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"backend": "fused"}}
-#: in parity runs the fused backend uses tiny chunks so that every fixture tensor spans several of them
+HYPER_BACKENDS = {"naive": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"backend": "fused"},
+                  "triton": {"backend": "triton"}}
 
 #: Seeds and theta noise are chosen so the random meta-weights give a bounded trajectory: most random
 #: VeLO weights make the parameters grow geometrically within 50 steps, and a diverging trajectory

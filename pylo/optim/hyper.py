@@ -36,7 +36,6 @@ import torch
 
 from pylo.core import accumulators as acc
 from pylo.core import loss_buffer
-from pylo.core.chunked import DEFAULT_CHUNK
 from pylo.core.clipping import clip_by_global_norm
 from pylo.core.decays import learned_decays
 from pylo.core.features import fractional_tanh_embedding, hyper_feature_groups, second_moment_normalize
@@ -55,6 +54,9 @@ DEFAULT_MOMENTUM_DECAYS = (0.9, 0.99, 0.999)
 DEFAULT_RMS_DECAYS = (0.999,)
 DEFAULT_ADAFACTOR_DECAYS = (0.9, 0.99, 0.999)
 BACKENDS = ("naive", "foreach", "fused", "triton")
+#: elements per chunk of the fused backend: ~3.5 MB of channel-major features, few enough slabs that the
+#: per-operation overhead stays small (single-thread CPU time: 16384 -> 32768 is ~10% faster, 65536 ~ the same)
+DEFAULT_CHUNK = 32768
 FAST_BACKENDS = ("fused", "triton")
 
 
@@ -414,7 +416,8 @@ class HyperOptimizerBase(LearnedOptimizer):
         if backend == "triton":
             from pylo.optim.hyper_triton import TritonHyper
 
-            return TritonHyper(**kwargs)
+            values = tuple(group[f"{k}_decays"] for k in ("momentum", "rms", "adafactor"))
+            return TritonHyper(decay_values=values, **kwargs)
         from pylo.optim.hyper_fused import FusedHyper
 
         return FusedHyper(chunk=group["chunk_size"], workspaces=self._workspaces, **kwargs)

@@ -96,18 +96,18 @@ class TensorMoments:
     rms_var: Optional[torch.Tensor] = None
 
 
-def merge_moments(sums: torch.Tensor, root_m2: torch.Tensor, counts: torch.Tensor, n: int
+def merge_moments(sums: torch.Tensor, m2: torch.Tensor, counts: torch.Tensor, n: int
                   ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Mean and population variance from per-block sums and ``sqrt`` of centred second moments.
+    """Mean and population variance from per-block sums and centred second moments.
 
-    ``sums``, ``root_m2``: ``(blocks, channels)``; ``counts``: ``(blocks,)``. The
-    blocks' second moments about their own means are merged with the spread of
-    the block means (Chan et al.), which never cancels.
+    ``sums``, ``m2`` (each block's sum of squared deviations from its own mean):
+    ``(blocks, channels)``; ``counts``: ``(blocks,)``. The blocks' moments are
+    merged with the spread of the block means (Chan et al.), which never cancels.
     """
     mean = sums.sum(dim=0) / n
     block_mean = sums / counts.unsqueeze(-1)
     spread = counts.unsqueeze(-1) * torch.square(block_mean - mean)
-    return mean, (torch.square(root_m2) + spread).sum(dim=0) / n
+    return mean, (m2 + spread).sum(dim=0) / n
 
 
 class FusedTensor:
@@ -246,7 +246,7 @@ class FusedHyper:
         t.moments = TensorMoments(t.shape, p_sq_mean)
         if moments:
             counts = torch.tensor([float(c) for _, c in blocks], device=device)
-            mean, var = merge_moments(sums, root_m2, counts, t.n)
+            mean, var = merge_moments(sums, torch.square(root_m2), counts, t.n)
             k_m = L["m"].stop - L["m"].start
             t.moments.m_mean, t.moments.rms_mean = mean[:k_m], mean[k_m:]
             t.moments.m_var, t.moments.rms_var = var[:k_m], var[k_m:]
@@ -254,36 +254,15 @@ class FusedHyper:
 
     # ------------------------------------------------------------------ pass 2
     def fold(self, t: FusedTensor, weights: Sequence[torch.Tensor]) -> Dict[str, torch.Tensor]:
-        """One tensor's interpolated MLP with its normalisers folded in.
+        """One tensor's interpolated MLP with its normalisers folded in (:func:`fold_mlp`).
 
-        ``weights`` as :meth:`pylo.models.hyper_network.VeLOMLP.unflatten` gives
-        them (torch ``(out, in)`` layout). Returns the per-element first layer
-        ``w_elem`` (fused channel order), the first layer's bias ``b0`` (for
-        factored tensors ``row_tab`` and ``col_tab`` instead: the bias and the row/column
-        groups' contribution, ``(hidden,) + S`` broadcast views), the dense layers,
-        and the output layer's two used rows.
+        The row/column tables become ``(hidden,) + S`` broadcast views, sliced per slab.
         """
-        L = self.layout
-        n_hidden = (len(weights) - 4) // 2
-        w_in, b_in = weights[0], weights[1]
-        scale = torch.rsqrt(NORMALIZER_EPS + t.sumsq / t.n)
-        w = w_in[:, L.perm] * scale  # (hidden, 30), fused channel order
-        folded = {"dense": [(weights[2 + i], weights[2 + n_hidden + i].unsqueeze(-1)) for i in range(n_hidden)],
-                  "w_out": weights[2 + 2 * n_hidden][:2], "b_out": weights[3 + 2 * n_hidden][:2].unsqueeze(-1)}
-        if not t.factored:
-            folded["w_elem"], folded["b0"] = w.contiguous(), b_in.unsqueeze(-1)
-            return folded
-        folded["w_elem"] = w[:, :L.per_element].contiguous()
-        tables, dims = t.tables, t.tables["dims"]
-        flat = lambda name: tables[name].reshape(-1, tables[name].shape[-1]).t()  # noqa: E731  (k, entries)
-        row = torch.addmm(b_in.unsqueeze(-1), w[:, L["row"]], flat("v_row"))
-        row.addmm_(w[:, L["rs_row"]], flat("row_rsqrt"))
-        col = torch.mm(w[:, L["col"]], flat("v_col"))
-        col.addmm_(w[:, L["rs_col"]], flat("col_rsqrt"))
-        hidden = w.shape[0]
-        as_table = lambda tab, name: tab.t().reshape(tables[name].shape[:-1] + (hidden,))  # noqa: E731
-        folded["row_tab"] = broadcast_table(as_table(row, "v_row"), t.shape, dims, "v_row", channel_major=True)
-        folded["col_tab"] = broadcast_table(as_table(col, "v_col"), t.shape, dims, "v_col", channel_major=True)
+        folded = fold_mlp(self.layout, t, weights)
+        if t.factored:
+            dims = t.tables["dims"]
+            for key, name in (("row_tab", "v_row"), ("col_tab", "v_col")):
+                folded[key] = broadcast_table(folded[key], t.shape, dims, name, channel_major=True)
         return folded
 
     def apply(self, t: FusedTensor, folded: Dict, lr_mult: Optional[torch.Tensor], *, lr: float, exp_mult: float,
@@ -325,6 +304,42 @@ class FusedHyper:
                 target.sub_(step.view(shape))
             else:
                 target.copy_((p_old - step).view(shape))
+
+
+def fold_mlp(layout: ChannelLayout, t: FusedTensor, weights: Sequence[torch.Tensor]) -> Dict:
+    """A tensor's interpolated MLP with its 14 second-moment normalisers folded into the first layer.
+
+    ``weights`` as :meth:`pylo.models.hyper_network.VeLOMLP.unflatten` gives them
+    (torch ``(out, in)`` layout); ``t.sumsq`` are the channels' sums of squares
+    (fused order). Returns ``w_elem`` ``(hidden, channels)``: the first layer on
+    the channels built per element (18 for a factored tensor, all 30 otherwise);
+    ``b0`` ``(hidden, 1)``; for a factored tensor ``row_tab`` / ``col_tab``
+    instead: the bias plus the ``row`` and ``rsqrt(row)`` groups' contribution, and
+    the ``col`` and ``rsqrt(col)`` groups', as ``S' + (hidden,)`` tables indexed
+    like ``v_row`` / ``v_col``; ``dense`` (``(W, b)`` pairs), and the output
+    layer's two used rows ``w_out``, ``b_out``.
+    """
+    n_hidden = (len(weights) - 4) // 2
+    w_in, b_in = weights[0], weights[1]
+    scale = torch.rsqrt(NORMALIZER_EPS + t.sumsq / t.n)
+    w = w_in[:, layout.perm] * scale  # (hidden, 30), fused channel order
+    folded = {"dense": [(weights[2 + i], weights[2 + n_hidden + i].unsqueeze(-1)) for i in range(n_hidden)],
+              "w_out": weights[2 + 2 * n_hidden][:2], "b_out": weights[3 + 2 * n_hidden][:2].unsqueeze(-1),
+              "b0": b_in.unsqueeze(-1)}
+    if not t.factored:
+        folded["w_elem"] = w.contiguous()
+        return folded
+    folded["w_elem"] = w[:, :layout.per_element].contiguous()
+    tables = t.tables
+    flat = lambda name: tables[name].reshape(-1, tables[name].shape[-1]).t()  # noqa: E731  (k, entries)
+    row = torch.addmm(folded["b0"], w[:, layout["row"]], flat("v_row"))
+    row.addmm_(w[:, layout["rs_row"]], flat("row_rsqrt"))
+    col = torch.mm(w[:, layout["col"]], flat("v_col"))
+    col.addmm_(w[:, layout["rs_col"]], flat("col_rsqrt"))
+    hidden = w.shape[0]
+    folded["row_tab"] = row.t().reshape(tables["v_row"].shape[:-1] + (hidden,))
+    folded["col_tab"] = col.t().reshape(tables["v_col"].shape[:-1] + (hidden,))
+    return folded
 
 
 def fused_hyper_step(tensors: List[FusedTensor], backend: FusedHyper, controls: torch.Tensor,

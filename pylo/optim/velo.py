@@ -22,13 +22,12 @@ from typing import Optional
 import torch
 
 from pylo.core.accumulators import mean_over
-from pylo.core.chunked import DEFAULT_CHUNK
 from pylo.core.features import FRACTION_OFFSETS
 from pylo.core.loss_buffer import SIZE as LOSS_BUFFER_SIZE
 from pylo.models.hyper_network import HyperNetwork, build_hyper_network, merge_hub_parts
 from pylo.models.loading import NetworkSpec, load_network
-from pylo.optim.hyper import (DEFAULT_ADAFACTOR_DECAYS, DEFAULT_MOMENTUM_DECAYS, DEFAULT_RMS_DECAYS,
-                              HyperOptimizerBase)
+from pylo.optim.hyper import (DEFAULT_ADAFACTOR_DECAYS, DEFAULT_CHUNK, DEFAULT_MOMENTUM_DECAYS,
+                              DEFAULT_RMS_DECAYS, HyperOptimizerBase)
 
 RANK_CLASSES = 5
 MAX_TRAINING_STEPS = 150_000
