@@ -60,6 +60,10 @@ class OptimizerInfo:
     make_network: Optional[Callable[[], torch.nn.Module]] = None
     #: constructor kwargs ``pylo-bench`` adds (e.g. ``num_steps``)
     bench_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    #: configs whose ``triton`` case the pytest suite runs when Triton is *interpreted* (no GPU,
+    #: ``TRITON_INTERPRET=1``; empty: all). The interpreter takes about a minute per case, so pytest
+    #: checks the kernels on a representative subset; ``pylo-parity --backend triton`` and a GPU run all.
+    interpreter_configs: Tuple[str, ...] = ()
 
     def backend_kwargs(self, backend: str, parity: bool = False) -> Dict[str, Any]:
         return {**self.backends[backend], **(self.parity_overrides.get(backend, {}) if parity else {})}
@@ -203,6 +207,7 @@ VELO = OptimizerInfo(
     needs_loss=True,
     backends=HYPER_BACKENDS,
     parity_overrides=SMALL_CHUNKS,
+    interpreter_configs=("small-short",),
     make_network=_hyper_network(lstm_hidden_size=512, param_inits=256),
     bench_kwargs=dict(num_steps=10_000),
     configs=(
@@ -238,6 +243,7 @@ CELO = OptimizerInfo(
     needs_loss=True,
     backends=HYPER_BACKENDS,
     parity_overrides=SMALL_CHUNKS,
+    interpreter_configs=("seeded-bank-phase1",),
     make_network=_hyper_network(lstm_input_size=18, lstm_hidden_size=64, param_inits=1),
     bench_kwargs=dict(num_steps=10_000),
     configs=(
@@ -415,9 +421,18 @@ def backend_available(backend: str, device: str = "cpu") -> bool:
     return triton_available(torch.device(device))
 
 
+def interpreted(backend: str, device: str = "cpu") -> bool:
+    """Whether ``backend`` runs in Triton's interpreter on ``device`` (a CPU with ``TRITON_INTERPRET=1``)."""
+    return backend == "triton" and torch.device(device).type == "cpu"
+
+
 def cases(optimizers: Optional[Sequence[str]] = None, configs: Optional[Sequence[str]] = None,
-          backends: Optional[Sequence[str]] = None, device: str = "cpu"):
-    """Yield ``(info, config, backend_name)`` for every selected case runnable on ``device``."""
+          backends: Optional[Sequence[str]] = None, device: str = "cpu", interpreter_subset: bool = False):
+    """Yield ``(info, config, backend_name)`` for every selected case runnable on ``device``.
+
+    ``interpreter_subset``: interpreted Triton cases only for the entry's ``interpreter_configs``
+    (what the pytest suite runs without a GPU).
+    """
     for info in REGISTRY:
         if optimizers and info.name not in optimizers:
             continue
@@ -426,5 +441,8 @@ def cases(optimizers: Optional[Sequence[str]] = None, configs: Optional[Sequence
                 continue
             for backend in info.backends:
                 if (backends and backend not in backends) or not backend_available(backend, device):
+                    continue
+                if (interpreter_subset and interpreted(backend, device) and info.interpreter_configs
+                        and config.name not in info.interpreter_configs):
                     continue
                 yield info, config, backend

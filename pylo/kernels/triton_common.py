@@ -20,11 +20,9 @@ def store_rounded(ptr, x, mask):
         tl.store(ptr, x.to(ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit
-def table_index(i, inner, span):
-    """Flat index into a table that drops one axis of the tensor: ``(i // span) * inner + i % inner``.
 
-    ``inner`` is the product of the sizes after the dropped axis, ``span`` that times its size
-    (:func:`pylo.kernels.axis_strides`).
-    """
-    return (i // span) * inner + i % inner
+@triton.jit
+def load3(ptr, j, mask, other):
+    """Entries ``3j``, ``3j+1``, ``3j+2`` (three decays stored last) of a float32 table."""
+    return (tl.load(ptr + 3 * j, mask=mask, other=other), tl.load(ptr + 3 * j + 1, mask=mask, other=other),
+            tl.load(ptr + 3 * j + 2, mask=mask, other=other))

@@ -31,17 +31,11 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from pylo.kernels.triton_common import store_rounded, table_index
+from pylo.kernels.triton_common import load3, store_rounded
 
 N_ELEM = 18  # features built per element for a factored tensor
 N_ALL = 30   # every feature (rank < 2 tensors)
 N_MOM = 4    # old m0..2 and rms: block sums, then block second moments
-
-
-@triton.jit
-def _load3(ptr, j, mask, other):
-    return (tl.load(ptr + 3 * j, mask=mask, other=other), tl.load(ptr + 3 * j + 1, mask=mask, other=other),
-            tl.load(ptr + 3 * j + 2, mask=mask, other=other))
 
 
 @triton.jit
@@ -68,24 +62,6 @@ def _features(g, p, m0, m1, m2, r, a0, a1, a2, b0, b1, b2, FACTORED: tl.constexp
 
 
 @triton.jit
-def _block_moment(x, mask, count):
-    """Sum of ``x`` over the block and its second moment about the block mean."""
-    total = tl.sum(tl.where(mask, x, 0.0), axis=0)
-    d = tl.where(mask, x - total / count, 0.0)
-    return total, tl.sum(d * d, axis=0)
-
-
-@triton.jit
-def _load_state(p_ptr, g_ptr, m_ptr, rms_ptr, i, mask):
-    g = tl.load(g_ptr + i, mask=mask, other=0.0)
-    g = tl.minimum(tl.maximum(g, -1000.0), 1000.0)
-    p = tl.load(p_ptr + i, mask=mask, other=0.0).to(tl.float32)
-    m0, m1, m2 = _load3(m_ptr, i, mask, 0.0)
-    r = tl.load(rms_ptr + i, mask=mask, other=0.0)
-    return g, p, m0, m1, m2, r
-
-
-@triton.jit
 def _pass1(p_ptr, g_ptr, m_ptr, rms_ptr, diag_ptr, rowfac_ptr, colfac_ptr, partial_ptr, n,
            inner0, span0, inner1, span1,
            bm0, bm1, bm2, am0, am1, am2, br, ar, bf0, bf1, bf2, af0, af1, af2,
@@ -95,21 +71,20 @@ def _pass1(p_ptr, g_ptr, m_ptr, rms_ptr, diag_ptr, rowfac_ptr, colfac_ptr, parti
     i = pid * BLOCK + tl.arange(0, BLOCK)
     mask = i < n
     out = partial_ptr + pid * NP
-    g, p, m0, m1, m2, r = _load_state(p_ptr, g_ptr, m_ptr, rms_ptr, i, mask)
+    g = tl.load(g_ptr + i, mask=mask, other=0.0)
+    g = tl.minimum(tl.maximum(g, -1000.0), 1000.0)
+    p = tl.load(p_ptr + i, mask=mask, other=0.0).to(tl.float32)
+    m0, m1, m2 = load3(m_ptr, i, mask, 0.0)
+    r = tl.load(rms_ptr + i, mask=mask, other=0.0)
     if MOMENTS:  # of the old accumulators, for the LSTM
+        # block sums, and second moments about the block's own mean (merged by the host without cancellation)
         count = tl.minimum(n - pid * BLOCK, BLOCK).to(tl.float32)
-        s0, q0 = _block_moment(m0, mask, count)
-        s1, q1 = _block_moment(m1, mask, count)
-        s2, q2 = _block_moment(m2, mask, count)
-        s3, q3 = _block_moment(r, mask, count)
-        tl.store(out + NCH, s0)
-        tl.store(out + NCH + 1, s1)
-        tl.store(out + NCH + 2, s2)
-        tl.store(out + NCH + 3, s3)
-        tl.store(out + NCH + 4, q0)
-        tl.store(out + NCH + 5, q1)
-        tl.store(out + NCH + 6, q2)
-        tl.store(out + NCH + 7, q3)
+        old = (m0, m1, m2, r)
+        for c in tl.static_range(4):
+            total = tl.sum(old[c], axis=0)  # masked lanes hold 0
+            d = tl.where(mask, old[c] - total / count, 0.0)
+            tl.store(out + NCH + c, total)
+            tl.store(out + NCH + 4 + c, tl.sum(d * d, axis=0))
     # accumulators: b * state + (1 - b) * value, as upstream (decays pre-clipped by the caller)
     m0 = bm0 * m0 + am0 * g
     m1 = bm1 * m1 + am1 * g
@@ -120,11 +95,13 @@ def _pass1(p_ptr, g_ptr, m_ptr, rms_ptr, diag_ptr, rowfac_ptr, colfac_ptr, parti
     tl.store(m_ptr + 3 * i + 2, m2, mask=mask)
     tl.store(rms_ptr + i, r, mask=mask)
     if FACTORED:
-        a0, a1, a2 = _load3(rowfac_ptr, table_index(i, inner0, span0), mask, 1.0)
-        b0, b1, b2 = _load3(colfac_ptr, table_index(i, inner1, span1), mask, 1.0)
+        ri = (i // span0) * inner0 + i % inner0  # the row / column tables' entries of each element
+        ci = (i // span1) * inner1 + i % inner1
+        a0, a1, a2 = load3(rowfac_ptr, ri, mask, 1.0)
+        b0, b1, b2 = load3(colfac_ptr, ci, mask, 1.0)
     else:
         gsq = g * g + 1e-30
-        a0, a1, a2 = _load3(diag_ptr, i, mask, 1.0)
+        a0, a1, a2 = load3(diag_ptr, i, mask, 1.0)
         a0 = bf0 * a0 + af0 * gsq
         a1 = bf1 * a1 + af1 * gsq
         a2 = bf2 * a2 + af2 * gsq
@@ -159,18 +136,22 @@ def _pass2(p_ptr, g_ptr, m_ptr, rms_ptr, diag_ptr, rowfac_ptr, colfac_ptr,
     pid = tl.program_id(0)
     i = pid * BLOCK + tl.arange(0, BLOCK)
     mask = i < n
-    g, p, m0, m1, m2, r = _load_state(p_ptr, g_ptr, m_ptr, rms_ptr, i, mask)
+    g = tl.load(g_ptr + i, mask=mask, other=0.0)
+    g = tl.minimum(tl.maximum(g, -1000.0), 1000.0)
+    p = tl.load(p_ptr + i, mask=mask, other=0.0).to(tl.float32)
+    m0, m1, m2 = load3(m_ptr, i, mask, 0.0)
+    r = tl.load(rms_ptr + i, mask=mask, other=0.0)
     cols = tl.arange(0, H)
     if FACTORED:
-        ri = table_index(i, inner0, span0)
-        ci = table_index(i, inner1, span1)
-        a0, a1, a2 = _load3(rowfac_ptr, ri, mask, 1.0)
-        b0, b1, b2 = _load3(colfac_ptr, ci, mask, 1.0)
+        ri = (i // span0) * inner0 + i % inner0
+        ci = (i // span1) * inner1 + i % inner1
+        a0, a1, a2 = load3(rowfac_ptr, ri, mask, 1.0)
+        b0, b1, b2 = load3(colfac_ptr, ci, mask, 1.0)
         # bias and the row/column groups, folded into two (entries, H) tables by the host
         h = (tl.load(rowtab_ptr + ri[:, None] * H + cols[None, :], mask=mask[:, None], other=0.0)
              + tl.load(coltab_ptr + ci[:, None] * H + cols[None, :], mask=mask[:, None], other=0.0))
     else:
-        a0, a1, a2 = _load3(diag_ptr, i, mask, 1.0)
+        a0, a1, a2 = load3(diag_ptr, i, mask, 1.0)
         b0, b1, b2 = a0, a1, a2
         h = tl.zeros((BLOCK, H), dtype=tl.float32) + tl.load(b0_ptr + cols)[None, :]
     feats = _features(g, p, m0, m1, m2, r, a0, a1, a2, b0, b1, b2, FACTORED)

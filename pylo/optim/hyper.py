@@ -400,8 +400,9 @@ class HyperOptimizerBase(LearnedOptimizer):
         state["lstm_cell"] = cell.detach()[0].to(device=pw.device, dtype=torch.float32, copy=True)
 
     def _backend_for(self, group, device: torch.device) -> str:
-        return resolve_backend(group.get("backend"), group.get("foreach"), device,
-                               triton_ok=self._triton_supports(self.network))
+        backend = group.get("backend")
+        triton_ok = backend == "auto" and device.type == "cuda" and self._triton_supports(self.network)
+        return resolve_backend(backend, group.get("foreach"), device, triton_ok=triton_ok)
 
     @staticmethod
     def _triton_supports(net: HyperNetwork) -> bool:

@@ -294,7 +294,7 @@ class FusedHyper:
             step.mul_(magnitude).mul_(step_mult)
             if lr_mult is not None:
                 step.mul_(lr_mult)
-            p_old = x[L["p"]]
+            p_old = x[L["p"].start]
             if weight_decay:
                 step.add_(p_old * weight_decay)
             if lr != 1.0:

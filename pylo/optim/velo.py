@@ -53,8 +53,13 @@ def velo_lstm_inputs(p: torch.Tensor, mom: torch.Tensor, rms: torch.Tensor, frac
     mean_rms = mean_over(rms, axes, keepdim=True).reshape(rms.shape[-1])
     var_m = mean_over(torch.square(mom - mean_m), axes)
     var_rms = mean_over(torch.square(rms - mean_m), axes)  # centred on the momentum's mean, as upstream
-    rank = torch.zeros(RANK_CLASSES, dtype=torch.float32, device=p.device)
-    n_rank = sum(1 for s in p.shape if s > 1)
+    return _lstm_vector(fraction_features, loss_features, p.shape, mean_rms, var_m, var_rms)
+
+
+def _lstm_vector(fraction_features, loss_features, shape, mean_rms, var_m, var_rms) -> torch.Tensor:
+    """The 30 inputs in upstream's sorted-key order, from the rescaled statistics."""
+    rank = torch.zeros(RANK_CLASSES, dtype=torch.float32, device=mean_rms.device)
+    n_rank = sum(1 for s in shape if s > 1)
     if n_rank < RANK_CLASSES:
         rank[n_rank] = 1.0
     return torch.cat([fraction_features, loss_features, clip_log_abs(mean_rms, 10.0), rank,
@@ -75,12 +80,7 @@ def velo_lstm_inputs_from_moments(moments, fraction_features: torch.Tensor,
     mean_rms = moments.rms_mean * norm_mult
     var_m = moments.m_var * norm_sq
     var_rms = (moments.rms_var + torch.square(moments.rms_mean - moments.m_mean)) * norm_sq
-    rank = torch.zeros(RANK_CLASSES, dtype=torch.float32, device=mean_rms.device)
-    n_rank = sum(1 for s in moments.shape if s > 1)
-    if n_rank < RANK_CLASSES:
-        rank[n_rank] = 1.0
-    return torch.cat([fraction_features, loss_features, clip_log_abs(mean_rms, 10.0), rank,
-                      clip_log_abs(var_m, 10.0), clip_log_abs(var_rms, 10.0)])
+    return _lstm_vector(fraction_features, loss_features, moments.shape, mean_rms, var_m, var_rms)
 
 
 class VeLO_naive(HyperOptimizerBase):
