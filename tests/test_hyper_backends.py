@@ -64,8 +64,16 @@ def compare(kind, shapes, backend, steps=4, dtype=torch.float32, net=None, chunk
 
 
 def assert_close(ref, got, atol=1e-6):
+    """float32 parameters within ``atol``; low-precision ones within one final rounding of naive's."""
     for (n, p), (_, q) in zip(ref, got):
-        torch.testing.assert_close(q.detach().float(), p.detach().float(), rtol=0, atol=atol, msg=n)
+        a, b = p.detach().float(), q.detach().float()
+        if p.dtype == torch.float32:
+            torch.testing.assert_close(b, a, rtol=0, atol=atol, msg=n)
+            continue
+        assert q.dtype == p.dtype
+        ulp = torch.finfo(p.dtype).eps * a.abs().clamp_min(torch.finfo(p.dtype).tiny)
+        assert ((a - b).abs() <= ulp).all(), n  # float32 round-off may flip one final rounding
+        assert (a == b).float().mean() > 0.9, n
 
 
 # ------------------------------------------------------------------ selection
@@ -150,17 +158,33 @@ def test_triton_blocks_and_fused_chunks_on_a_mid_size_tensor(backend):
     assert_close(ref, got)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_small_tensors_are_batched_by_size(dtype):
+    # rank < 2 tensors of one size share a slab (here at most 30 elements: batches of 4 and 2 vectors,
+    # 30 scalars, two 13s); a long vector and matrices go tensor by tensor
+    shapes = {**{f"v{i}": (7,) for i in range(6)}, **{f"s{i}": () for i in range(31)}, "u0": (13,), "u1": (13,),
+              "long": (45,), "w": (5, 9), "t": (2, 3, 4)}
+    ref, got, opt_ref, opt_got = compare("velo", shapes, "fused", dtype=dtype, chunk_size=30)
+    assert_close(ref, got)
+    for (_, p), (_, q) in zip(ref, got):  # each tensor keeps its own LSTM state and accumulators
+        torch.testing.assert_close(opt_got.state[q]["lstm_hidden"], opt_ref.state[p]["lstm_hidden"], rtol=0,
+                                   atol=1e-6)
+        torch.testing.assert_close(opt_got.state[q]["mom"], opt_ref.state[p]["mom"], rtol=1e-5, atol=1e-6)
+    engine = opt_got._engine("fused", opt_got.param_groups[0], torch.device(DEVICE), opt_got.network)
+    with torch.no_grad():
+        _, batches = engine.prepare_all([p for _, p in got], [p.grad.float() for _, p in got],
+                                        [opt_got.state[p] for _, p in got], moments=True)
+    sizes = sorted(len(positions) for positions, _ in batches)
+    assert sizes == [1, 1, 1, 1, 2, 2, 4, 30], sizes  # long, w, t, s30, v-pair, u-pair, v-four, 30 scalars
+
+
 @pytest.mark.parametrize("backend", FAST)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_low_precision_params_match_naive_within_one_rounding(backend, dtype):
     ref, got, _, opt_got = compare("velo", RANKS, backend, dtype=dtype, chunk_size=7)
-    for (n, p), (_, q) in zip(ref, got):
-        assert q.dtype == dtype
-        a, b = p.detach().float(), q.detach().float()
-        ulp = torch.finfo(dtype).eps * a.abs().clamp_min(torch.finfo(dtype).tiny)
-        assert ((a - b).abs() <= ulp).all(), n  # float32 round-off may flip one final rounding
-        assert (a == b).float().mean() > 0.9, n
-        assert all(v.dtype == torch.float32 for v in opt_got.state[q].values())
+    assert_close(ref, got)
+    for _, q in got:
+        assert q.dtype == dtype and all(v.dtype == torch.float32 for v in opt_got.state[q].values())
 
 
 @pytest.mark.parametrize("backend", FAST)

@@ -100,7 +100,8 @@ class Celo_naive(HyperOptimizerBase):
         return torch.cat([fraction_features, loss_features])
 
     def lstm_inputs_from_moments(self, moments, fraction_features, loss_features):
-        return torch.cat([fraction_features, loss_features])
+        row = torch.cat([fraction_features, loss_features])
+        return row.expand(moments.p_sq_mean.shape[0], row.shape[0])
 
     def lstm_reads_moments(self) -> bool:
         return False

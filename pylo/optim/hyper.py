@@ -239,8 +239,8 @@ class HyperOptimizerBase(LearnedOptimizer):
 
     def lstm_inputs_from_moments(self, moments, fraction_features: torch.Tensor,
                                  loss_features: torch.Tensor) -> torch.Tensor:
-        """The same LSTM input from whole-tensor statistics (:class:`pylo.optim.hyper_fused.TensorMoments`),
-        as the fused and Triton backends gather them in their first pass."""
+        """The same LSTM inputs, ``(K, inputs)``, from the whole-tensor statistics of ``K`` tensors
+        (:class:`pylo.optim.hyper_fused.TensorMoments`), as the fused and Triton backends gather them."""
         raise NotImplementedError
 
     def lstm_reads_moments(self) -> bool:
@@ -434,62 +434,73 @@ class HyperOptimizerBase(LearnedOptimizer):
         fraction_features = fractional_tanh_embedding(fraction)
         net = self.network_on(main)
 
-        # per tensor: (group, p, backend, payload, state); payload is (p_work, g_work) for naive/foreach,
-        # the pass-1 result for fused/triton (whose first pass also updates the accumulators)
-        work = []
-        engines: Dict[Tuple, object] = {}
-        lstm_in, hidden, cell = [], [], []
-        for group, p, g in items:
-            layout, dev = group["kernel_layout"], p.device
+        # per (group, device, backend): the tensors' positions in ``items``
+        buckets: Dict[Tuple[int, torch.device, str], List[int]] = {}
+        for i, (group, p, g) in enumerate(items):
             state = self.state[p]
             if "mom" not in state:
-                self._init_param_state(state, to_work(p, layout), self._decay_tensors(group, dev), net)
-            backend = self._backend_for(group, dev)
+                self._init_param_state(state, to_work(p, group["kernel_layout"]), self._decay_tensors(group, p.device),
+                                       net)
+            buckets.setdefault((id(group), p.device, self._backend_for(group, p.device)), []).append(i)
+
+        # LSTM inputs from the old parameters and accumulators. The fused and Triton backends gather them in
+        # their first pass, which also updates the accumulators (batches of small tensors at once); payload:
+        # (p_work, g_work) for naive/foreach, the backend's handle for fused/triton
+        lstm_in = torch.empty(len(items), net.rnn.input_size, device=main)
+        payloads: List[object] = [None] * len(items)
+        engines: Dict[Tuple, object] = {}
+        for key, idx in buckets.items():
+            _, dev, backend = key
+            group = items[idx[0]][0]
             ff, lf = fraction_features.to(dev), loss_features.to(dev)
             if backend in FAST_BACKENDS:
-                key = (id(group), dev, backend)
-                if key not in engines:
-                    engines[key] = self._engine(backend, group, dev, self.network_on(dev))
-                payload = engines[key].prepare(p, g, state, moments=self.lstm_reads_moments())
-                lstm_in.append(self.lstm_inputs_from_moments(payload.moments, ff, lf).to(main))
-            else:
+                engines[key] = engine = self._engine(backend, group, dev, self.network_on(dev))
+                handles, batches = engine.prepare_all([items[i][1] for i in idx], [items[i][2] for i in idx],
+                                                      [self.state[items[i][1]] for i in idx],
+                                                      moments=self.lstm_reads_moments())
+                for i, handle in zip(idx, handles):
+                    payloads[i] = handle
+                for positions, moments in batches:
+                    rows = torch.tensor([idx[j] for j in positions], device=main)
+                    lstm_in.index_copy_(0, rows, self.lstm_inputs_from_moments(moments, ff, lf).to(main))
+                continue
+            for i in idx:
+                _, p, g = items[i]
+                layout, state = group["kernel_layout"], self.state[p]
                 pw = to_work(p, layout).to(torch.float32)
-                gw = to_work(torch.clamp(g, -GRAD_CLIP, GRAD_CLIP), layout)
-                payload = (pw, gw)
-                lstm_in.append(self.lstm_inputs(pw, state["mom"], state["rms"], ff, lf).to(main))
-            hidden.append(state["lstm_hidden"].to(main))
-            cell.append(state["lstm_cell"].to(main))
-            work.append((group, p, backend, payload, state))
-        raw_controls, raw_lr, (next_hidden, next_cell) = net.rnn(torch.stack(lstm_in),
-                                                                 (torch.stack(hidden), torch.stack(cell)))
+                payloads[i] = (pw, to_work(torch.clamp(g, -GRAD_CLIP, GRAD_CLIP), layout))
+                lstm_in[i] = self.lstm_inputs(pw, state["mom"], state["rms"], ff, lf).to(main)
+        states = [self.state[p] for _, p, _ in items]
+        hidden = torch.stack([st["lstm_hidden"].to(main) for st in states])
+        cell = torch.stack([st["lstm_cell"].to(main) for st in states])
+        raw_controls, raw_lr, (next_hidden, next_cell) = net.rnn(lstm_in, (hidden, cell))
         controls, lr_mults = self.controls(raw_controls), self.lr_mult(raw_lr)
         if self.propagates_lstm_state():
-            for i, (_, _, _, _, state) in enumerate(work):
-                state["lstm_hidden"].copy_(next_hidden[i])
-                state["lstm_cell"].copy_(next_cell[i])
+            for key, new in (("lstm_hidden", next_hidden), ("lstm_cell", next_cell)):
+                if all(st[key].device == main for st in states):
+                    torch._foreach_copy_([st[key] for st in states], list(new.unbind(0)))
+                else:
+                    for i, st in enumerate(states):
+                        st[key].copy_(new[i])
 
-        buckets: Dict[Tuple[int, torch.device, str], List[int]] = {}
-        for i, (group, p, backend, _, _) in enumerate(work):
-            buckets.setdefault((id(group), p.device, backend), []).append(i)
-        for (_, device, backend), idx in buckets.items():
-            group = work[idx[0]][0]
+        for key, idx in buckets.items():
+            _, device, backend = key
+            group = items[idx[0]][0]
             wd = group["weight_decay"] if self.weight_decay_mode == "decoupled" else 0.0
             sel = torch.tensor(idx, device=main)
             group_controls = controls.index_select(0, sel).to(device)
             group_lr_mults = lr_mults.index_select(0, sel).to(device)
             step_kwargs = dict(interp_mult=self.interp_mult, use_lr_mult=self.uses_lr_mult(), lr=group["lr"],
                                exp_mult=group["exp_mult"], step_mult=group["step_mult"], weight_decay=wd)
+            mlp = self.network_on(device).mlp
             if backend in FAST_BACKENDS:
-                from pylo.optim.hyper_fused import fused_hyper_step
-
-                fused_hyper_step([work[i][3] for i in idx], engines[(id(group), device, backend)], group_controls,
-                                 group_lr_mults, mlp=self.network_on(device).mlp, **step_kwargs)
+                engines[key].finish([payloads[i] for i in idx], group_controls, group_lr_mults, mlp=mlp,
+                                    **step_kwargs)
                 continue
-            hyper_mlp_step([work[i][1] for i in idx], [work[i][3][0] for i in idx], [work[i][3][1] for i in idx],
-                           [work[i][4] for i in idx], group_controls, group_lr_mults,
-                           mlp=self.network_on(device).mlp, decays=self._decay_tensors(group, device),
-                           widths=self.widths, kernel_layout=group["kernel_layout"], foreach=backend == "foreach",
-                           **step_kwargs)
+            hyper_mlp_step([items[i][1] for i in idx], [payloads[i][0] for i in idx], [payloads[i][1] for i in idx],
+                           [states[i] for i in idx], group_controls, group_lr_mults, mlp=mlp,
+                           decays=self._decay_tensors(group, device), widths=self.widths,
+                           kernel_layout=group["kernel_layout"], foreach=backend == "foreach", **step_kwargs)
         self.state[GLOBAL_STATE_KEY] = {**self._global_state(main), "iteration": g_state["iteration"] + 1,
                                         "loss_buffer": buffer}
 

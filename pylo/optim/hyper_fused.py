@@ -82,10 +82,12 @@ class ChannelLayout:
 
 @dataclass
 class TensorMoments:
-    """Whole-tensor statistics of the *old* parameter and accumulators, as the LSTM features read them.
+    """Whole-tensor statistics of the *old* parameters and accumulators, as the LSTM features read them.
 
-    ``p_sq_mean = mean(p^2)``; the momentum and RMS means and (population)
-    variances per decay (``None`` when the optimizer's LSTM does not read them).
+    For a batch of ``K`` tensors of one work ``shape`` (whose rank the LSTM reads):
+    ``p_sq_mean`` ``(K,)`` is ``mean(p^2)``; the momentum and RMS means and
+    (population) variances per decay are ``(K, k)`` (``None`` when the
+    optimizer's LSTM does not read them).
     """
 
     shape: Tuple[int, ...]
@@ -110,6 +112,12 @@ def merge_moments(sums: torch.Tensor, m2: torch.Tensor, counts: torch.Tensor, n:
     return mean, (m2 + spread).sum(dim=0) / n
 
 
+def set_accumulator_moments(moments: TensorMoments, mean: torch.Tensor, var: torch.Tensor, k_mom: int) -> None:
+    """Split ``(K, k_mom + k_rms)`` means and variances (momentum channels first) into ``moments``."""
+    moments.m_mean, moments.rms_mean = mean[:, :k_mom], mean[:, k_mom:]
+    moments.m_var, moments.rms_var = var[:, :k_mom], var[:, k_mom:]
+
+
 class FusedTensor:
     """One tensor between the passes: its work views, tables and pass-1 sums."""
 
@@ -130,8 +138,82 @@ class FusedTensor:
         return self.tables is not None
 
 
-class FusedHyper:
-    """The fused backend for one parameter group on one device: :meth:`prepare` per tensor, then :meth:`finish`."""
+class SmallBatch:
+    """Rank < 2 tensors of one size, processed together: their elements side by side in one slab.
+
+    ``K`` tensors of ``n`` elements each (``K * n <= chunk``); every row of the
+    feature buffer is viewed ``(K, n)``, so per-tensor sums are reductions over the
+    last axis and the per-tensor MLPs one batched matrix product each.
+    """
+
+    def __init__(self, tensors: List[FusedTensor]):
+        self.tensors = tensors
+        self.k, self.n = len(tensors), tensors[0].n
+        self.moments: Optional[TensorMoments] = None
+
+
+class BatchMember:
+    """A tensor's place in a :class:`SmallBatch`."""
+
+    def __init__(self, batch: SmallBatch, index: int):
+        self.batch, self.index = batch, index
+
+
+class HyperEngine:
+    """What the fused and Triton engines share: batching of pass 1, and pass 2 for a group's tensors."""
+
+    #: rank < 2 tensors are processed together (grouped by size) up to this many elements per batch; 0: never
+    batch_limit = 0
+
+    def prepare_all(self, params, grads, states, moments: bool):
+        """Pass 1 of a group's tensors (states initialised).
+
+        Returns ``(handles, batches)``: per tensor a handle for :meth:`finish`, and
+        ``(positions, TensorMoments)`` pairs covering every tensor once, for the LSTM.
+        """
+        handles: List[object] = [None] * len(params)
+        batches = []
+        small: Dict[int, List[int]] = {}
+        for j, (p, g, state) in enumerate(zip(params, grads, states)):
+            if state["fac_diag"].numel() and p.numel() <= self.batch_limit:  # rank < 2, small
+                small.setdefault(p.numel(), []).append(j)
+                continue
+            t = self.prepare(p, g, state, moments)
+            handles[j] = t
+            batches.append(([j], t.moments))
+        for n, positions in small.items():
+            per_batch = max(1, self.batch_limit // n)
+            for start in range(0, len(positions), per_batch):
+                part = positions[start:start + per_batch]
+                batch = self.prepare_batch([params[j] for j in part], [grads[j] for j in part],
+                                           [states[j] for j in part], moments)
+                for i, j in enumerate(part):
+                    handles[j] = BatchMember(batch, i)
+                batches.append((part, batch.moments))
+        return handles, batches
+
+    def finish(self, handles, controls: torch.Tensor, lr_mults: torch.Tensor, *, mlp, interp_mult: float,
+               use_lr_mult: bool, lr: float, exp_mult: float, step_mult: float, weight_decay: float) -> None:
+        """Pass 2 of a group's tensors: every tensor's MLP interpolated at once, folded, applied."""
+        weights = interpolate(mlp, controls, interp_mult)
+        step_kwargs = dict(lr=lr, exp_mult=exp_mult, step_mult=step_mult, weight_decay=weight_decay)
+        members: Dict[int, List[int]] = {}
+        for j, handle in enumerate(handles):
+            if isinstance(handle, BatchMember):
+                members.setdefault(id(handle.batch), []).append(j)
+                continue
+            self.apply(handle, self.fold(handle, mlp.unflatten(weights[j])),
+                       lr_mults[j] if use_lr_mult else None, **step_kwargs)
+        for positions in members.values():
+            batch = handles[positions[0]].batch
+            order = sorted(positions, key=lambda j: handles[j].index)
+            sel = torch.tensor(order, device=weights.device)
+            self.apply_batch(batch, mlp.unflatten(weights.index_select(0, sel)),
+                             lr_mults.index_select(0, sel) if use_lr_mult else None, **step_kwargs)
+
+
+class FusedHyper(HyperEngine):
+    """The fused backend for one parameter group on one device: :meth:`prepare_all`, then :meth:`finish`."""
 
     def __init__(self, *, decays: Tuple[torch.Tensor, torch.Tensor, torch.Tensor], hidden: int, kernel_layout: str,
                  chunk: int = DEFAULT_CHUNK, workspaces: Optional[Dict] = None, device=None):
@@ -145,6 +227,7 @@ class FusedHyper:
         self.fac_b_vec, self.fac_b, self.fac_mix = fac_b, col(fac_b), col(1 - fac_b)
         self.ws = Workspace.get(workspaces if workspaces is not None else {}, chunk, self.layout.total, hidden, 2,
                                 device if device is not None else mom_d.device)
+        self.batch_limit = chunk
 
     # ------------------------------------------------------------------ slabs
     def _load(self, x: torch.Tensor, t: FusedTensor, idx, shape) -> None:
@@ -172,25 +255,28 @@ class FusedHyper:
             for k in range(block.shape[0]):
                 s[..., k].copy_(block[k])
 
-    def _accumulate(self, x: torch.Tensor, t: FusedTensor) -> None:
-        """Momentum, RMS and the diagonal moment, updated in their rows with upstream's arithmetic."""
+    def _accumulate(self, x: torch.Tensor, diag: bool) -> None:
+        """Momentum, RMS (and the diagonal moment) updated in their rows with upstream's arithmetic."""
         L = self.layout
         g = x[L["g"]]
         x[L["m"]].mul_(self.mom_b).add_(self.mom_mix * g)
         g_sq = g * g
         x[L["rms"]].mul_(self.rms_b).add_(self.rms_mix * g_sq)
-        if t.diag is not None:
+        if diag:
             x[L["row"]].mul_(self.fac_b).add_(self.fac_mix * g_sq.add_(1e-30))
 
-    def _features(self, x: torch.Tensor, t: FusedTensor, idx, shape) -> None:
-        """The remaining per-element features from the rows ``_load`` filled (new accumulators)."""
+    def _features(self, x: torch.Tensor, t: Optional[FusedTensor], idx=None, shape=None) -> None:
+        """The remaining per-element features from the rows already filled (new accumulators).
+
+        ``t`` is a factored tensor (``idx``, ``shape``: the slab), or None for diagonal rows.
+        """
         L = self.layout
         g = x[L["g"]]
         rs = x[L["rs"]]
         torch.add(x[L["rms"]], RMS_EPS, out=rs).rsqrt_()
         torch.mul(x[L["m"]], rs, out=x[L["mrs"]])
         torch.mul(g, rs, out=x[L["grs"]])
-        if t.factored:
+        if t is not None and t.factored:
             k_m, k_f = x[L["m"]].shape[0], x[L["fac_g"]].shape[0]
             ix = (slice(None),) + idx
             row, col = t.row_fac[ix], t.col_fac[ix]
@@ -233,7 +319,7 @@ class FusedHyper:
                 old = x[acc_rows]
                 torch.sum(old, dim=1, out=sums[b])
                 torch.linalg.vector_norm(old - (sums[b] / count).unsqueeze(-1), dim=1, out=root_m2[b])
-            self._accumulate(x, t)
+            self._accumulate(x, t.diag is not None)
             self._store(x, t, idx, shape)
             self._features(x, t, idx, shape)
             torch.linalg.vector_norm(x[:n_rows], dim=1, out=norms[b])
@@ -242,15 +328,85 @@ class FusedHyper:
         if t.factored:
             sumsq[L.per_element:] = table_sumsq(t.tables, t.shape, ("v_row", "v_col", "row_rsqrt", "col_rsqrt"))
         t.sumsq = sumsq
-        p_sq_mean = sumsq[L["p"].start] / t.n
-        t.moments = TensorMoments(t.shape, p_sq_mean)
+        t.p_sq_mean = sumsq[L["p"].start] / t.n
+        t.moments = TensorMoments(t.shape, t.p_sq_mean.reshape(1))
         if moments:
             counts = torch.tensor([float(c) for _, c in blocks], device=device)
             mean, var = merge_moments(sums, torch.square(root_m2), counts, t.n)
-            k_m = L["m"].stop - L["m"].start
-            t.moments.m_mean, t.moments.rms_mean = mean[:k_m], mean[k_m:]
-            t.moments.m_var, t.moments.rms_var = var[:k_m], var[k_m:]
+            set_accumulator_moments(t.moments, mean.unsqueeze(0), var.unsqueeze(0), L["m"].stop - L["m"].start)
         return t
+
+    # ------------------------------------------------------- small tensors
+    def _load_batch(self, x: torch.Tensor, batch: SmallBatch) -> None:
+        """Every tensor's ``g``, ``clip(g)``, ``p`` and accumulators side by side in the rows (one op each)."""
+        L = self.layout
+        ts = batch.tensors
+        g = x[L["g"].start]
+        torch.cat([t.gw.reshape(-1) for t in ts], out=g).clamp_(-GRAD_CLIP, GRAD_CLIP)
+        torch.clamp(g, -GRAD_CLIP_FEATURE, GRAD_CLIP_FEATURE, out=x[L["clip"].start])
+        torch.cat([t.pw.reshape(-1) for t in ts], out=x[L["p"].start])
+        for key, dst in (("mom", "m"), ("rms", "rms"), ("fac_diag", "row")):
+            k = ts[0].state[key].shape[-1]
+            torch.cat([t.state[key].view(-1, k).t() for t in ts], dim=1, out=x[L[dst]])
+
+    def prepare_batch(self, params, grads, states, moments: bool) -> SmallBatch:
+        """Pass 1 of rank < 2 tensors of one size, all in one slab."""
+        L = self.layout
+        batch = SmallBatch([FusedTensor(p, g, st, self.kernel_layout) for p, g, st in zip(params, grads, states)])
+        k, n = batch.k, batch.n
+        x = self.ws.x(k * n)
+        self._load_batch(x, batch)
+        rows = lambda s: x[s].view(-1, k, n)  # noqa: E731  (channels, tensor, element)
+        if moments:  # on the old accumulators: each tensor is one block
+            old = rows(slice(L["m"].start, L["rms"].stop))
+            mean = old.mean(dim=-1)
+            var = torch.square(old - mean.unsqueeze(-1)).mean(dim=-1)
+        self._accumulate(x, True)
+        for key, dst in (("mom", "m"), ("rms", "rms"), ("fac_diag", "row")):
+            torch._foreach_copy_([t.state[key].view(-1, t.state[key].shape[-1]).t() for t in batch.tensors],
+                                 list(rows(L[dst]).unbind(1)))
+        self._features(x, None)
+        batch.sumsq = torch.square(torch.linalg.vector_norm(rows(slice(0, L.total)), dim=-1)).t()  # (K, 30)
+        batch.p_sq_mean = batch.sumsq[:, L["p"].start] / n
+        batch.moments = TensorMoments(batch.tensors[0].shape, batch.p_sq_mean)
+        if moments:
+            set_accumulator_moments(batch.moments, mean.t(), var.t(), L["m"].stop - L["m"].start)
+        return batch
+
+    def apply_batch(self, batch: SmallBatch, weights: Sequence[torch.Tensor], lr_mults: Optional[torch.Tensor], *,
+                    lr: float, exp_mult: float, step_mult: float, weight_decay: float) -> None:
+        """Pass 2 of a :class:`SmallBatch`: one batched product per layer (``weights`` have a leading ``K``)."""
+        L = self.layout
+        k, n = batch.k, batch.n
+        x = self.ws.x(k * n)
+        self._load_batch(x, batch)
+        self._features(x, None)
+        n_hidden = (len(weights) - 4) // 2
+        scale = torch.rsqrt(NORMALIZER_EPS + batch.sumsq / n)  # (K, 30)
+        w0 = weights[0][:, :, L.perm] * scale.unsqueeze(1)
+        xs = x.view(L.total, k, n).transpose(0, 1)  # (K, 30, n)
+        h = torch.baddbmm(weights[1].unsqueeze(-1), w0, xs, out=self.ws.h(0, k * n).view(k, -1, n)).relu_()
+        for i in range(n_hidden):
+            h = torch.baddbmm(weights[2 + n_hidden + i].unsqueeze(-1), weights[2 + i], h,
+                              out=self.ws.h(i + 1, k * n).view(k, -1, n)).relu_()
+        out = torch.baddbmm(weights[3 + 2 * n_hidden][:, :2].unsqueeze(-1), weights[2 + 2 * n_hidden][:, :2], h,
+                            out=self.ws.out(k * n).view(k, 2, n))
+        step, magnitude = out[:, 0], out[:, 1]
+        param_scale = torch.sqrt(batch.p_sq_mean + 1e-9).unsqueeze(-1)
+        magnitude.mul_(exp_mult).exp_().mul_(param_scale)
+        step.mul_(magnitude).mul_(step_mult)
+        if lr_mults is not None:
+            step.mul_(lr_mults.unsqueeze(-1))
+        p_old = x[L["p"].start].view(k, n)
+        if weight_decay:
+            step.add_(p_old * weight_decay)
+        if lr != 1.0:
+            step.mul_(lr)
+        targets = [t.pw for t in batch.tensors]  # 1-D work views (scalars as (1,))
+        if targets[0].dtype == torch.float32:
+            torch._foreach_sub_(targets, list(step.unbind(0)))
+        else:
+            torch._foreach_copy_(targets, list((p_old - step).unbind(0)))
 
     # ------------------------------------------------------------------ pass 2
     def fold(self, t: FusedTensor, weights: Sequence[torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -269,7 +425,7 @@ class FusedHyper:
               step_mult: float, weight_decay: float) -> None:
         """Pass 2 of one tensor: features again, the MLP, the step, the parameter update."""
         L = self.layout
-        param_scale = torch.sqrt(t.moments.p_sq_mean + 1e-9)
+        param_scale = torch.sqrt(t.p_sq_mean + 1e-9)
         n_rows = L.per_element if t.factored else L.total
         w_elem = folded["w_elem"]
         for idx, count in slabs(t.shape, self.chunk):
@@ -340,17 +496,6 @@ def fold_mlp(layout: ChannelLayout, t: FusedTensor, weights: Sequence[torch.Tens
     folded["row_tab"] = row.t().reshape(tables["v_row"].shape[:-1] + (hidden,))
     folded["col_tab"] = col.t().reshape(tables["v_col"].shape[:-1] + (hidden,))
     return folded
-
-
-def fused_hyper_step(tensors: List[FusedTensor], backend: FusedHyper, controls: torch.Tensor,
-                     lr_mults: torch.Tensor, *, mlp, interp_mult: float, use_lr_mult: bool, lr: float,
-                     exp_mult: float, step_mult: float, weight_decay: float) -> None:
-    """Pass 2 of a group's tensors: interpolate every tensor's MLP at once, fold, apply."""
-    weights = interpolate(mlp, controls, interp_mult)
-    for i, t in enumerate(tensors):
-        folded = backend.fold(t, mlp.unflatten(weights[i]))
-        backend.apply(t, folded, lr_mults[i] if use_lr_mult else None, lr=lr, exp_mult=exp_mult,
-                      step_mult=step_mult, weight_decay=weight_decay)
 
 
 def interpolate(mlp, controls: torch.Tensor, interp_mult: float) -> torch.Tensor:

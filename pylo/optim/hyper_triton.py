@@ -18,7 +18,8 @@ import torch
 from pylo.core.fused import adafactor_tables, table_sumsq
 from pylo.core.layout import from_work
 from pylo.kernels import axis_strides, require_triton
-from pylo.optim.hyper_fused import GRAD_CLIP, ChannelLayout, FusedTensor, TensorMoments, fold_mlp, merge_moments
+from pylo.optim.hyper_fused import (GRAD_CLIP, ChannelLayout, FusedTensor, HyperEngine, TensorMoments, fold_mlp,
+                                    merge_moments, set_accumulator_moments)
 
 BLOCK = 128
 #: the decay counts the kernels implement (momentum, RMS, Adafactor): VeLO's and Celo's
@@ -35,7 +36,7 @@ def _float32(values) -> list:
     return torch.tensor([float(v) for v in values], dtype=torch.float32).tolist()
 
 
-class TritonHyper:
+class TritonHyper(HyperEngine):
     """The Triton backend for one parameter group on one device (the interface of :class:`FusedHyper`)."""
 
     def __init__(self, *, decays: Tuple[torch.Tensor, torch.Tensor, torch.Tensor], decay_values, hidden: int,
@@ -85,13 +86,13 @@ class TritonHyper:
         if t.factored:
             sumsq[nch:] = table_sumsq(t.tables, t.shape, ("v_row", "v_col", "row_rsqrt", "col_rsqrt"))
         t.sumsq = sumsq
-        t.moments = TensorMoments(t.shape, sumsq[self.layout["p"].start] / t.n)
+        t.p_sq_mean = sumsq[self.layout["p"].start] / t.n
+        t.moments = TensorMoments(t.shape, t.p_sq_mean.reshape(1))
         if moments:
             counts = torch.full((blocks,), float(BLOCK), device=device)
             counts[-1] = float(t.n - (blocks - 1) * BLOCK)
             mean, var = merge_moments(partial[:, nch:nch + N_MOM], partial[:, nch + N_MOM:], counts, t.n)
-            t.moments.m_mean, t.moments.rms_mean = mean[:3], mean[3:]
-            t.moments.m_var, t.moments.rms_var = var[:3], var[3:]
+            set_accumulator_moments(t.moments, mean.unsqueeze(0), var.unsqueeze(0), DECAY_COUNTS[0])
         return t
 
     def fold(self, t: FusedTensor, weights: Sequence[torch.Tensor]) -> Dict:
@@ -128,7 +129,7 @@ class TritonHyper:
         from pylo.kernels.triton_hyper import N_ALL, N_ELEM, _pass2
 
         state = t.state
-        param_scale = torch.sqrt(t.moments.p_sq_mean + 1e-9).reshape(1)
+        param_scale = torch.sqrt(t.p_sq_mean + 1e-9).reshape(1)
         lr_mult_t = (lr_mult if lr_mult is not None else param_scale).reshape(1).to(torch.float32)
         blocks = triton.cdiv(t.n, BLOCK)
         _pass2[(blocks,)](t.work, t.gw, state["mom"], state["rms"], state["fac_diag"], t.row_fac, t.col_fac,

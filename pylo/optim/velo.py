@@ -57,25 +57,32 @@ def velo_lstm_inputs(p: torch.Tensor, mom: torch.Tensor, rms: torch.Tensor, frac
 
 
 def _lstm_vector(fraction_features, loss_features, shape, mean_rms, var_m, var_rms) -> torch.Tensor:
-    """The 30 inputs in upstream's sorted-key order, from the rescaled statistics."""
+    """The 30 inputs in upstream's sorted-key order, from the rescaled statistics.
+
+    The statistics may carry leading axes (a batch of tensors of one ``shape``); the
+    fraction and loss features and the rank are the same for all of them.
+    """
     rank = torch.zeros(RANK_CLASSES, dtype=torch.float32, device=mean_rms.device)
     n_rank = sum(1 for s in shape if s > 1)
     if n_rank < RANK_CLASSES:
         rank[n_rank] = 1.0
-    return torch.cat([fraction_features, loss_features, clip_log_abs(mean_rms, 10.0), rank,
-                      clip_log_abs(var_m, 10.0), clip_log_abs(var_rms, 10.0)])
+    lead = tuple(mean_rms.shape[:-1])
+    shared = [x.expand(lead + tuple(x.shape)) for x in (fraction_features, loss_features)]
+    return torch.cat([*shared, clip_log_abs(mean_rms, 10.0), rank.expand(lead + (RANK_CLASSES,)),
+                      clip_log_abs(var_m, 10.0), clip_log_abs(var_rms, 10.0)], dim=-1)
 
 
 def velo_lstm_inputs_from_moments(moments, fraction_features: torch.Tensor,
                                   loss_features: torch.Tensor) -> torch.Tensor:
-    """:func:`velo_lstm_inputs` from whole-tensor statistics (:class:`pylo.optim.hyper_fused.TensorMoments`).
+    """:func:`velo_lstm_inputs` from whole-tensor statistics (:class:`pylo.optim.hyper_fused.TensorMoments`
+    of ``K`` tensors): ``(K, 30)``.
 
     With ``s = rsqrt(max(1e-9, mean(p^2)))``: the rescaled mean RMS is ``s * mean(rms)``,
     the momentum's variance ``s^2 * var(m)``, and the RMS spread around the
     momentum's mean ``s^2 * (var(rms) + (mean(rms) - mean(m))^2)`` (a sum of
     non-negative terms: no cancellation).
     """
-    norm_mult = torch.rsqrt(torch.clamp_min(moments.p_sq_mean, 1e-9))
+    norm_mult = torch.rsqrt(torch.clamp_min(moments.p_sq_mean, 1e-9)).unsqueeze(-1)  # (K, 1)
     norm_sq = norm_mult * norm_mult
     mean_rms = moments.rms_mean * norm_mult
     var_m = moments.m_var * norm_sq
