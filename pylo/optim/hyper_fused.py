@@ -23,7 +23,12 @@ round-off, computed in another order:
   never built per element;
 * **pass 2**: per slab, the remaining 18 features again, the MLP (``addmm`` in
   channel-major layout, ``W @ X``) into reused activation buffers, the step, and
-  the parameter update (low-precision parameters rounded once, as naive).
+  the parameter update (low-precision parameters rounded once, as naive);
+* small rank < 2 tensors (biases, norms, scalars) of one size share a slab
+  (:class:`SmallBatch`): one concatenation per row, per-tensor sums as
+  reductions over a ``(K, n)`` view, the K interpolated MLPs as batched
+  products, state written back with ``torch._foreach_copy_``, so a model's
+  hundreds of small tensors cost a few dozen operations, not a few thousand.
 
 Transient memory: the workspace (reused), the small per-tensor tables, and
 ``g*g`` of one tensor for its Adafactor reductions (4 bytes per element of the
@@ -50,7 +55,6 @@ NORMALIZER_EPS = 1e-5
 GROUPS = ("g", "clip", "p", "m", "rms", "mrs", "rs", "fac_g", "grs", "row", "col", "rs_row", "rs_col", "fac_mom")
 #: the fused channel order: per-element groups first, the four row/column table groups last
 FUSED_ORDER = ("g", "clip", "p", "m", "rms", "mrs", "rs", "fac_g", "grs", "fac_mom", "row", "col", "rs_row", "rs_col")
-TABLE_GROUPS = ("row", "col", "rs_row", "rs_col")
 
 
 class ChannelLayout:
@@ -238,7 +242,7 @@ class FusedHyper(HyperEngine):
         torch.clamp(t.gw[idx], -GRAD_CLIP, GRAD_CLIP, out=g)
         torch.clamp(g, -GRAD_CLIP_FEATURE, GRAD_CLIP_FEATURE, out=x[L["clip"]].view(shape))
         x[L["p"]].view(shape).copy_(t.pw[idx])
-        for name, src, dst in (("m", t.m, "m"), ("rms", t.rms, "rms"), ("diag", t.diag, "row")):
+        for src, dst in ((t.m, "m"), (t.rms, "rms"), (t.diag, "row")):
             if src is None:
                 continue
             block, s = rows(L[dst]), src[idx]
