@@ -60,6 +60,10 @@ class OptimizerInfo:
     make_network: Optional[Callable[[], torch.nn.Module]] = None
     #: constructor kwargs ``pylo-bench`` adds (e.g. ``num_steps``)
     bench_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    #: configs whose ``triton`` case the pytest suite runs when Triton is *interpreted* (no GPU,
+    #: ``TRITON_INTERPRET=1``; empty: all). The interpreter takes about a minute per case, so pytest
+    #: checks the kernels on a representative subset; ``pylo-parity --backend triton`` and a GPU run all.
+    interpreter_configs: Tuple[str, ...] = ()
 
     def backend_kwargs(self, backend: str, parity: bool = False) -> Dict[str, Any]:
         return {**self.backends[backend], **(self.parity_overrides.get(backend, {}) if parity else {})}
@@ -180,6 +184,9 @@ VELO_PUBLISHED = dict(lstm_hidden_size=512, param_inits=256)
 VELO_SMALL = dict(lstm_hidden_size=24, param_inits=8)
 VELO_SHAPES = {**DEFAULT_SHAPES, "tensor5d": (2, 1, 3, 1, 4)}  # rank feature: five axes, two of size 1
 
+HYPER_BACKENDS = {"naive": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"backend": "fused"},
+                  "triton": {"backend": "triton"}}
+
 #: Seeds and theta noise are chosen so the random meta-weights give a bounded trajectory: most random
 #: VeLO weights make the parameters grow geometrically within 50 steps, and a diverging trajectory
 #: amplifies float32 rounding exponentially (it tests the seed, not the port). Horizons are ones whose
@@ -198,6 +205,9 @@ VELO = OptimizerInfo(
     make_torch=_velo_torch,
     make_reference=_velo_reference,
     needs_loss=True,
+    backends=HYPER_BACKENDS,
+    parity_overrides=SMALL_CHUNKS,
+    interpreter_configs=("small-short",),
     make_network=_hyper_network(lstm_hidden_size=512, param_inits=256),
     bench_kwargs=dict(num_steps=10_000),
     configs=(
@@ -231,6 +241,9 @@ CELO = OptimizerInfo(
     make_torch=_celo_torch,
     make_reference=_celo_reference,
     needs_loss=True,
+    backends=HYPER_BACKENDS,
+    parity_overrides=SMALL_CHUNKS,
+    interpreter_configs=("seeded-bank-phase1",),
     make_network=_hyper_network(lstm_input_size=18, lstm_hidden_size=64, param_inits=1),
     bench_kwargs=dict(num_steps=10_000),
     configs=(
@@ -408,9 +421,18 @@ def backend_available(backend: str, device: str = "cpu") -> bool:
     return triton_available(torch.device(device))
 
 
+def interpreted(backend: str, device: str = "cpu") -> bool:
+    """Whether ``backend`` runs in Triton's interpreter on ``device`` (a CPU with ``TRITON_INTERPRET=1``)."""
+    return backend == "triton" and torch.device(device).type == "cpu"
+
+
 def cases(optimizers: Optional[Sequence[str]] = None, configs: Optional[Sequence[str]] = None,
-          backends: Optional[Sequence[str]] = None, device: str = "cpu"):
-    """Yield ``(info, config, backend_name)`` for every selected case runnable on ``device``."""
+          backends: Optional[Sequence[str]] = None, device: str = "cpu", interpreter_subset: bool = False):
+    """Yield ``(info, config, backend_name)`` for every selected case runnable on ``device``.
+
+    ``interpreter_subset``: interpreted Triton cases only for the entry's ``interpreter_configs``
+    (what the pytest suite runs without a GPU).
+    """
     for info in REGISTRY:
         if optimizers and info.name not in optimizers:
             continue
@@ -419,5 +441,8 @@ def cases(optimizers: Optional[Sequence[str]] = None, configs: Optional[Sequence
                 continue
             for backend in info.backends:
                 if (backends and backend not in backends) or not backend_available(backend, device):
+                    continue
+                if (interpreter_subset and interpreted(backend, device) and info.interpreter_configs
+                        and config.name not in info.interpreter_configs):
                     continue
                 yield info, config, backend

@@ -27,3 +27,14 @@ def require_triton(device: torch.device) -> None:
         raise RuntimeError(
             f"the triton backend needs the `triton` package and a CUDA device (got {device}); on a CPU it runs only "
             "under TRITON_INTERPRET=1, for testing. Use backend='fused' on CPU.")
+
+
+def axis_strides(shape, axis: int):
+    """``(inner, span)`` such that dropping ``axis`` maps flat index i -> ``(i // span) * inner + i % inner``.
+
+    How the kernels gather a factored tensor's row/column tables (which drop one axis) for any rank.
+    """
+    inner = 1
+    for s in shape[axis + 1:]:
+        inner *= int(s)
+    return inner, inner * int(shape[axis])

@@ -23,21 +23,9 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from pylo.kernels.triton_common import store_rounded
+
 NUM_RAW = 28
-
-
-@triton.jit
-def store_rounded(ptr, x, mask):
-    """Store float32 ``x`` in ``ptr``'s dtype, rounding to nearest-even as torch does.
-
-    bfloat16 is rounded by hand: Triton's interpreter truncates in ``.to(bfloat16)``.
-    """
-    if ptr.dtype.element_ty == tl.bfloat16:
-        bits = x.to(tl.uint32, bitcast=True)
-        bits = bits + (((bits >> 16) & 1) + 0x7FFF)
-        tl.store(ptr, (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True), mask=mask)
-    else:
-        tl.store(ptr, x.to(ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit

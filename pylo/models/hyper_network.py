@@ -123,10 +123,14 @@ class VeLOMLP(nn.Module):
         return torch.cat([t.detach().reshape(self.param_inits, -1) for t in self.bank()], dim=1)
 
     def unflatten(self, flat: torch.Tensor) -> List[torch.Tensor]:
-        """Split one interpolated row (``flat_bank`` layout) back into per-layer tensors."""
+        """Split interpolated rows (``flat_bank`` layout, last axis) back into per-layer tensors.
+
+        One row gives the layers' shapes; leading axes (a batch of tensors' MLPs) are kept.
+        """
         shapes = [t.shape[1:] for t in self.bank()]
         sizes = [s.numel() for s in shapes]
-        return [x.reshape(s) for x, s in zip(flat.split(sizes), shapes)]
+        lead = tuple(flat.shape[:-1])
+        return [x.reshape(lead + tuple(s)) for x, s in zip(flat.split(sizes, dim=-1), shapes)]
 
     def forward(self, groups: Sequence[torch.Tensor], weights: Sequence[torch.Tensor],
                 group_widths: Sequence[int] = HYPER_GROUP_WIDTHS) -> torch.Tensor:

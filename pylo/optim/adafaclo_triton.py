@@ -13,20 +13,13 @@ from typing import Dict, List
 import torch
 
 from pylo.core.features import tanh_embedding
+from pylo.core.fused import adafactor_tables
 from pylo.core.layout import from_work, to_work
 from pylo.core.shapes import factored_dims
-from pylo.kernels import require_triton
-from pylo.optim.adafaclo_fused import NORMALIZER_EPS, NUM_RAW, adafactor_tables
+from pylo.kernels import axis_strides, require_triton
+from pylo.optim.adafaclo_fused import NORMALIZER_EPS, NUM_RAW
 
 BLOCK = 128
-
-
-def _axis_strides(shape, axis):
-    """``(inner, span)`` such that dropping ``axis`` maps flat i -> (i // span) * inner + i % inner."""
-    inner = 1
-    for s in shape[axis + 1:]:
-        inner *= int(s)
-    return inner, inner * int(shape[axis])
 
 
 def _padded_weights(network, device):
@@ -77,8 +70,8 @@ def triton_adafaclo(params: List[torch.Tensor], grads: List[torch.Tensor], state
         empty = state["fac_diag"]
         if tables is not None:
             d1, d0 = dims
-            inner0, span0 = _axis_strides(shape, d0)
-            inner1, span1 = _axis_strides(shape, d1)
+            inner0, span0 = axis_strides(shape, d0)
+            inner1, span1 = axis_strides(shape, d1)
             t = {k: v.contiguous() for k, v in tables.items() if k != "dims"}
         else:
             t = {k: empty for k in ("v_row", "v_col", "row_fac", "col_fac", "row_rsqrt", "col_rsqrt")}

@@ -91,8 +91,18 @@ class LearnedOptimizer(torch.optim.Optimizer):
         return out
 
     def _check_finite(self, entries) -> None:
-        flags = [torch.isfinite(g).all() for _, _, grads in entries for g in grads]
-        if not flags or bool(torch.stack([f.cpu() for f in flags]).all()):
+        grads = [g for _, _, gs in entries for g in gs]
+        if not grads:
+            return
+        # a finite sum proves every element finite (NaN and Inf propagate through it): one cheap reduction
+        # per tensor, no temporaries; only a non-finite sum (or an overflowing one) looks element by element
+        sums: Dict[torch.device, List[torch.Tensor]] = {}
+        for g in grads:
+            sums.setdefault(g.device, []).append(g.sum())
+        if all(bool(torch.isfinite(torch.stack(s)).all()) for s in sums.values()):  # one sync per device
+            return
+        flags = [torch.isfinite(g).all() for g in grads]
+        if bool(torch.stack([f.cpu() for f in flags]).all()):
             return
         bad, i = [], 0
         for group, params, grads in entries:

@@ -22,8 +22,8 @@ from pylo.core.features import FRACTION_OFFSETS
 from pylo.core.loss_buffer import SIZE as LOSS_BUFFER_SIZE
 from pylo.models.hyper_network import HyperNetwork, build_hyper_network
 from pylo.models.loading import NetworkSpec, load_network
-from pylo.optim.hyper import (DEFAULT_ADAFACTOR_DECAYS, DEFAULT_MOMENTUM_DECAYS, DEFAULT_RMS_DECAYS,
-                              HyperOptimizerBase)
+from pylo.optim.hyper import (DEFAULT_ADAFACTOR_DECAYS, DEFAULT_CHUNK, DEFAULT_MOMENTUM_DECAYS,
+                              DEFAULT_RMS_DECAYS, HyperOptimizerBase)
 
 LR_MULT_SCALE = 0.1
 CELO_NETWORK_SPEC = NetworkSpec(name="Celo network (LSTM + MLP)", module_type=HyperNetwork, families=("celo",),
@@ -51,8 +51,8 @@ class Celo_naive(HyperOptimizerBase):
             ``pylo-convert theta.state celo_ckpt --optimizer celo``).
         checkpoint_path: a pylo checkpoint folder (``pylo-convert ... --optimizer celo``).
         network: a ready :class:`~pylo.models.HyperNetwork`; wins over everything.
-        clip_grad, max_grad_norm, all_reduce_loss, initial_*_decays, foreach,
-        kernel_layout, nonfinite_grads: as for :class:`~pylo.optim.VeLO_naive`.
+        clip_grad, max_grad_norm, all_reduce_loss, initial_*_decays, foreach, backend,
+        chunk_size, kernel_layout, nonfinite_grads: as for :class:`~pylo.optim.VeLO_naive`.
 
     ``step(loss)`` needs the loss (or a closure returning it).
 
@@ -71,7 +71,8 @@ class Celo_naive(HyperOptimizerBase):
                  max_grad_norm=None, all_reduce_loss: bool = False,
                  initial_momentum_decays=DEFAULT_MOMENTUM_DECAYS, initial_rms_decays=DEFAULT_RMS_DECAYS,
                  initial_adafactor_decays=DEFAULT_ADAFACTOR_DECAYS, foreach: Optional[bool] = None,
-                 kernel_layout: str = "torch", nonfinite_grads: str = "raise"):
+                 kernel_layout: str = "torch", nonfinite_grads: str = "raise", backend: Optional[str] = None,
+                 chunk_size: int = DEFAULT_CHUNK):
         if train_phase not in (1, 2):
             raise ValueError(f"train_phase must be 1 or 2, got {train_phase!r}")
         if network is None and checkpoint_path is None and not hf_key:
@@ -89,13 +90,21 @@ class Celo_naive(HyperOptimizerBase):
                          initial_momentum_decays=initial_momentum_decays, initial_rms_decays=initial_rms_decays,
                          initial_adafactor_decays=initial_adafactor_decays, interp_mult=1.0, clip_grad=clip_grad,
                          max_grad_norm=max_grad_norm, all_reduce_loss=all_reduce_loss, max_training_steps=None,
-                         foreach=foreach, kernel_layout=kernel_layout, nonfinite_grads=nonfinite_grads)
+                         foreach=foreach, kernel_layout=kernel_layout, nonfinite_grads=nonfinite_grads,
+                         backend=backend, chunk_size=chunk_size)
 
     def lstm_input_size(self, decays) -> int:
         return len(FRACTION_OFFSETS) + (LOSS_BUFFER_SIZE - 1)
 
     def lstm_inputs(self, p, mom, rms, fraction_features, loss_features):
         return torch.cat([fraction_features, loss_features])
+
+    def lstm_inputs_from_moments(self, moments, fraction_features, loss_features):
+        row = torch.cat([fraction_features, loss_features])
+        return row.expand(moments.p_sq_mean.shape[0], row.shape[0])
+
+    def lstm_reads_moments(self) -> bool:
+        return False
 
     def lr_mult(self, raw: torch.Tensor) -> torch.Tensor:
         return torch.exp(raw) * LR_MULT_SCALE
@@ -107,4 +116,15 @@ class Celo_naive(HyperOptimizerBase):
         return self.train_phase > 1
 
 
-Celo = Celo_naive
+class Celo(Celo_naive):
+    """Celo on its fastest backend (``backend="auto"``: Triton kernels on CUDA, else the
+    fused backend): the recommended entry point.
+
+    Same arguments and results as :class:`Celo_naive` (within float32 round-off);
+    an explicit ``foreach=`` still selects the foreach (or naive) backend.
+    """
+
+    def __init__(self, params, num_steps: int, *args, backend: Optional[str] = None, **kwargs):
+        if backend is None and kwargs.get("foreach") is None:
+            backend = "auto"
+        super().__init__(params, num_steps, *args, backend=backend, **kwargs)

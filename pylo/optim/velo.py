@@ -26,8 +26,8 @@ from pylo.core.features import FRACTION_OFFSETS
 from pylo.core.loss_buffer import SIZE as LOSS_BUFFER_SIZE
 from pylo.models.hyper_network import HyperNetwork, build_hyper_network, merge_hub_parts
 from pylo.models.loading import NetworkSpec, load_network
-from pylo.optim.hyper import (DEFAULT_ADAFACTOR_DECAYS, DEFAULT_MOMENTUM_DECAYS, DEFAULT_RMS_DECAYS,
-                              HyperOptimizerBase)
+from pylo.optim.hyper import (DEFAULT_ADAFACTOR_DECAYS, DEFAULT_CHUNK, DEFAULT_MOMENTUM_DECAYS,
+                              DEFAULT_RMS_DECAYS, HyperOptimizerBase)
 
 RANK_CLASSES = 5
 MAX_TRAINING_STEPS = 150_000
@@ -53,12 +53,41 @@ def velo_lstm_inputs(p: torch.Tensor, mom: torch.Tensor, rms: torch.Tensor, frac
     mean_rms = mean_over(rms, axes, keepdim=True).reshape(rms.shape[-1])
     var_m = mean_over(torch.square(mom - mean_m), axes)
     var_rms = mean_over(torch.square(rms - mean_m), axes)  # centred on the momentum's mean, as upstream
-    rank = torch.zeros(RANK_CLASSES, dtype=torch.float32, device=p.device)
-    n_rank = sum(1 for s in p.shape if s > 1)
+    return _lstm_vector(fraction_features, loss_features, p.shape, mean_rms, var_m, var_rms)
+
+
+def _lstm_vector(fraction_features, loss_features, shape, mean_rms, var_m, var_rms) -> torch.Tensor:
+    """The 30 inputs in upstream's sorted-key order, from the rescaled statistics.
+
+    The statistics may carry leading axes (a batch of tensors of one ``shape``); the
+    fraction and loss features and the rank are the same for all of them.
+    """
+    rank = torch.zeros(RANK_CLASSES, dtype=torch.float32, device=mean_rms.device)
+    n_rank = sum(1 for s in shape if s > 1)
     if n_rank < RANK_CLASSES:
         rank[n_rank] = 1.0
-    return torch.cat([fraction_features, loss_features, clip_log_abs(mean_rms, 10.0), rank,
-                      clip_log_abs(var_m, 10.0), clip_log_abs(var_rms, 10.0)])
+    lead = tuple(mean_rms.shape[:-1])
+    shared = [x.expand(lead + tuple(x.shape)) for x in (fraction_features, loss_features)]
+    return torch.cat([*shared, clip_log_abs(mean_rms, 10.0), rank.expand(lead + (RANK_CLASSES,)),
+                      clip_log_abs(var_m, 10.0), clip_log_abs(var_rms, 10.0)], dim=-1)
+
+
+def velo_lstm_inputs_from_moments(moments, fraction_features: torch.Tensor,
+                                  loss_features: torch.Tensor) -> torch.Tensor:
+    """:func:`velo_lstm_inputs` from whole-tensor statistics (:class:`pylo.optim.hyper_fused.TensorMoments`
+    of ``K`` tensors): ``(K, 30)``.
+
+    With ``s = rsqrt(max(1e-9, mean(p^2)))``: the rescaled mean RMS is ``s * mean(rms)``,
+    the momentum's variance ``s^2 * var(m)``, and the RMS spread around the
+    momentum's mean ``s^2 * (var(rms) + (mean(rms) - mean(m))^2)`` (a sum of
+    non-negative terms: no cancellation).
+    """
+    norm_mult = torch.rsqrt(torch.clamp_min(moments.p_sq_mean, 1e-9)).unsqueeze(-1)  # (K, 1)
+    norm_sq = norm_mult * norm_mult
+    mean_rms = moments.rms_mean * norm_mult
+    var_m = moments.m_var * norm_sq
+    var_rms = (moments.rms_var + torch.square(moments.rms_mean - moments.m_mean)) * norm_sq
+    return _lstm_vector(fraction_features, loss_features, moments.shape, mean_rms, var_m, var_rms)
 
 
 class VeLO_naive(HyperOptimizerBase):
@@ -114,7 +143,15 @@ class VeLO_naive(HyperOptimizerBase):
             parameters do not move in between. ``None`` turns it off.
         ff_mult: the interpolation factor of the MLP bank (100 in VeLO; the
             Celo repository's small ``velo-s`` uses 1).
-        foreach: multi-tensor implementation (default: True on CUDA).
+        foreach: multi-tensor implementation (default: True on CUDA); shorthand for
+            ``backend="foreach"`` (``False``: ``"naive"``).
+        backend: ``None`` (default here: the ``foreach`` rule above), ``"naive"``
+            (tensor by tensor), ``"foreach"`` (multi-tensor accumulators, one batched
+            interpolation), ``"fused"`` (chunked, bounded memory, normalisers folded into
+            the first layer; fastest on CPU), ``"triton"`` (GPU kernels), or ``"auto"``
+            (triton on CUDA when available, else fused; the default of :class:`VeLO`).
+            All compute the same update within float32 round-off.
+        chunk_size: elements per chunk of the fused backend (bounds its transient memory).
         kernel_layout: ``"torch"`` (default) treats 4-D tensors as OIHW conv
             kernels and computes in JAX's HWIO layout, as upstream sees the same
             kernel; ``"jax"`` takes 4-D tensors as they are.
@@ -146,7 +183,8 @@ class VeLO_naive(HyperOptimizerBase):
                  use_bugged_next_lstm_state: bool = False, weight_decay_mode: str = "decoupled",
                  all_reduce_loss: bool = False, max_training_steps: Optional[int] = MAX_TRAINING_STEPS,
                  ff_mult: float = 100.0, max_grad_norm=None, foreach: Optional[bool] = None,
-                 kernel_layout: str = "torch", nonfinite_grads: str = "raise"):
+                 kernel_layout: str = "torch", nonfinite_grads: str = "raise", backend: Optional[str] = None,
+                 chunk_size: int = DEFAULT_CHUNK):
         if mup_lrs is not None:
             raise ValueError("mup_lrs is not supported by VeLO (upstream's VeLO has no μP scales)")
         if network is None and checkpoint_path is None and not (hf_key_rnn and hf_key_mlp):
@@ -168,7 +206,7 @@ class VeLO_naive(HyperOptimizerBase):
                          max_training_steps=max_training_steps, foreach=foreach, kernel_layout=kernel_layout,
                          nonfinite_grads=nonfinite_grads, extra_defaults=dict(concat_weights=concat_weights,
                                              make_separate_weights=make_separate_weights,
-                                             split_weights=split_weights))
+                                             split_weights=split_weights), backend=backend, chunk_size=chunk_size)
         self._warn_on_training_config(config, use_bugged_loss_features=use_bugged_loss_features,
                                       use_bugged_next_lstm_state=use_bugged_next_lstm_state)
 
@@ -179,6 +217,9 @@ class VeLO_naive(HyperOptimizerBase):
     def lstm_inputs(self, p, mom, rms, fraction_features, loss_features):
         return velo_lstm_inputs(p, mom, rms, fraction_features, loss_features)
 
+    def lstm_inputs_from_moments(self, moments, fraction_features, loss_features):
+        return velo_lstm_inputs_from_moments(moments, fraction_features, loss_features)
+
     def propagates_lstm_state(self) -> bool:
         return not self.use_bugged_next_lstm_state
 
@@ -186,4 +227,15 @@ class VeLO_naive(HyperOptimizerBase):
         return BUGGED_LOSS_HORIZON if self.use_bugged_loss_features else inner_steps
 
 
-VeLO = VeLO_naive
+class VeLO(VeLO_naive):
+    """VeLO on its fastest backend (``backend="auto"``: Triton kernels on CUDA, else the
+    fused backend): the recommended entry point.
+
+    Same arguments and results as :class:`VeLO_naive` (within float32 round-off);
+    an explicit ``foreach=`` still selects the foreach (or naive) backend.
+    """
+
+    def __init__(self, params, *args, backend: Optional[str] = None, **kwargs):
+        if backend is None and kwargs.get("foreach") is None:
+            backend = "auto"
+        super().__init__(params, *args, backend=backend, **kwargs)
