@@ -20,48 +20,19 @@ Same update as the naive path within float32 round-off, computed differently:
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import torch
 
 from pylo.core import accumulators as acc
 from pylo.core.chunked import DEFAULT_CHUNK, slabs
 from pylo.core.features import tanh_embedding
+from pylo.core.fused import Workspace, adafactor_tables, broadcast_table, table_sumsq
 from pylo.core.layout import from_work, to_work
-from pylo.core.shapes import factored_dims
 
 NUM_RAW = 28  # normalised features; the 11 step features follow them in the first layer
 RMS_EPS = 1e-6
 NORMALIZER_EPS = 1e-5
-
-
-class Workspace:
-    """Chunk-sized flat buffers reused across tensors and steps (one per device).
-
-    ``x(count)``, ``h(i, count)``, ``out(count)`` are contiguous channel-major views.
-    """
-
-    def __init__(self, chunk: int, hidden: int, device):
-        self.chunk, self.hidden = chunk, hidden
-        self._x = torch.empty(NUM_RAW * chunk, device=device)
-        self._h = [torch.empty(hidden * chunk, device=device) for _ in range(2)]
-        self._out = torch.empty(2 * chunk, device=device)
-
-    def x(self, count: int) -> torch.Tensor:
-        return self._x[: NUM_RAW * count].view(NUM_RAW, count)
-
-    def h(self, i: int, count: int) -> torch.Tensor:
-        return self._h[i % 2][: self.hidden * count].view(self.hidden, count)
-
-    def out(self, count: int) -> torch.Tensor:
-        return self._out[: 2 * count].view(2, count)
-
-    @classmethod
-    def get(cls, cache: Dict, chunk: int, hidden: int, device) -> "Workspace":
-        ws = cache.get(device)
-        if ws is None or ws.chunk != chunk or ws.hidden != hidden:
-            ws = cache[device] = cls(chunk, hidden, device)
-        return ws
 
 
 def _mlp_weights(network):
@@ -71,29 +42,6 @@ def _mlp_weights(network):
     the matmul's N dimension, which BLAS handles much better for such thin layers.
     """
     return [(m.weight, m.bias.unsqueeze(-1)) for m in network.network if isinstance(m, torch.nn.Linear)]
-
-
-def adafactor_tables(state: Dict[str, torch.Tensor], g: torch.Tensor, fac_b: torch.Tensor) -> Optional[Dict]:
-    """Update a factored tensor's ``v_row``/``v_col`` in place and return its small tables.
-
-    ``None`` for tensors that are not factored (rank < 2). The tables are those
-    the features broadcast: ``v_row``, ``v_col``, their ``rsqrt(. + 1e-8)`` and the
-    Adafactor factors; ``g*g`` is the only per-element temporary.
-    """
-    dims = factored_dims(tuple(g.shape))
-    if dims is None:
-        return None
-    d1, d0 = dims
-    grad_sqr = g * g + acc.FACTORED_EPS
-    state["fac_row"].mul_(fac_b).add_((1 - fac_b) * grad_sqr.mean(dim=d0).unsqueeze(-1))
-    state["fac_col"].mul_(fac_b).add_((1 - fac_b) * grad_sqr.mean(dim=d1).unsqueeze(-1))
-    del grad_sqr
-    v_row, v_col = state["fac_row"], state["fac_col"]
-    reduced_d1 = d1 - 1 if d1 > d0 else d1
-    return {"dims": dims, "v_row": v_row, "v_col": v_col,
-            "row_rsqrt": torch.rsqrt(v_row + 1e-8), "col_rsqrt": torch.rsqrt(v_col + 1e-8),
-            "row_fac": acc.safe_rsqrt(v_row / (v_row.mean(dim=reduced_d1, keepdim=True) + 1e-9)),
-            "col_fac": acc.safe_rsqrt(v_col)}
 
 
 class _TensorView:
@@ -109,17 +57,11 @@ class _TensorView:
         self.diag = state["fac_diag"] if tables is None else None
         if tables is None:
             return
-        d1, d0 = tables["dims"]
-        full = self.shape + (tables["v_row"].shape[-1],)
-        along = {"v_row": d0, "row_rsqrt": d0, "row_fac": d0, "v_col": d1, "col_rsqrt": d1, "col_fac": d1}
         self.row, self.col, self.row_rsqrt, self.col_rsqrt, self.row_fac, self.col_fac = (
-            tables[k].unsqueeze(along[k]).expand(full)
+            broadcast_table(tables[k], self.shape, tables["dims"], k)
             for k in ("v_row", "v_col", "row_rsqrt", "col_rsqrt", "row_fac", "col_fac"))
         # sums of squares of the broadcast channels: each table entry repeats along one axis
-        k = full[-1]
-        sq = lambda t, reps: (t * t).reshape(-1, k).sum(dim=0) * reps  # noqa: E731
-        self.table_sumsq = torch.cat([sq(tables["v_row"], self.shape[d0]), sq(tables["v_col"], self.shape[d1]),
-                                      sq(tables["row_rsqrt"], self.shape[d0]), sq(tables["col_rsqrt"], self.shape[d1])])
+        self.table_sumsq = table_sumsq(tables, self.shape, ("v_row", "v_col", "row_rsqrt", "col_rsqrt"))
 
 
 #: channels that are broadcasts of the small Adafactor tables for factored tensors
@@ -173,7 +115,7 @@ def fused_adafaclo(params: List[torch.Tensor], grads: List[torch.Tensor], states
     layers = _mlp_weights(network)
     (w0, b0), hidden, (w_out, b_out) = layers[0], layers[1:-1], layers[-1]
     device = params[0].device
-    ws = Workspace.get(workspaces if workspaces is not None else {}, chunk, w0.shape[0], device)
+    ws = Workspace.get(workspaces if workspaces is not None else {}, chunk, NUM_RAW, w0.shape[0], 2, device)
     rms_b, fac_b = rms_d.clamp(0.0, 1.0), fac_d.clamp(0.0, 1.0)
     mix_m, mix_r, mix_f = 1 - mom_d, 1 - rms_b, 1 - fac_b
 
