@@ -274,6 +274,11 @@ def _constant_lr(lr: float) -> Dict[str, float]:
     return dict(init_lr=lr, peak_lr=lr, end_lr=lr)
 
 
+#: CELO2 and ELO-CELO2 run every backend; in parity runs the fused backend's tiny chunks also put every fixture
+#: matrix through the in-place Newton-Schulz with 2-row blocks (``pylo.optim.celo2_fused``)
+CELO2_BACKENDS = {k: v for k, v in ADAFAC_BACKENDS.items() if k != "triton"}
+
+
 def _celo2_network() -> torch.nn.Module:
     from pylo.models import CELO2MLP
 
@@ -295,6 +300,8 @@ CELO2 = OptimizerInfo(
     torch_class=CELO2_naive,
     make_torch=_celo2_torch,
     make_reference=_celo2_reference,
+    backends=CELO2_BACKENDS,
+    parity_overrides=SMALL_CHUNKS,
     make_network=_celo2_network,
     configs=(
         ParityConfig("celo2", "CELO2, lr 0.01, wd 0.1, adam_lr_mult 2, grads beyond the +-1000 clamp",
@@ -336,6 +343,8 @@ ELO_CELO2 = OptimizerInfo(
     torch_class=ELO_CELO2_naive,
     make_torch=_elo_celo2_torch,
     make_reference=_elo_celo2_reference,
+    backends=CELO2_BACKENDS,
+    parity_overrides=SMALL_CHUNKS,
     make_network=_celo2_network,
     configs=(
         ParityConfig("defaults", "published defaults (lr 1e-3, wd 0.1, global-norm clipping), adam_lr_mult 20",

@@ -51,8 +51,12 @@ def _grad(shape, seed, scale=0.1):
 
 
 def test_aliases_and_published_defaults():
-    assert CELO2 is CELO2_naive and ELO_CELO2 is ELO_CELO2_naive and ELO is ELO_naive
     import inspect
+
+    assert ELO is ELO_naive
+    for fast, naive in ((CELO2, CELO2_naive), (ELO_CELO2, ELO_CELO2_naive)):  # the aliases pick the fastest backend
+        assert issubclass(fast, naive) and inspect.signature(fast).parameters["backend"].default == "auto"
+        assert inspect.signature(naive).parameters["backend"].default is None  # naive, or foreach on CUDA
 
     celo2 = inspect.signature(CELO2_naive).parameters
     assert celo2["lr"].default == 0.001 and celo2["adam_betas"].default == (0.9, 0.95)

@@ -44,3 +44,23 @@ def slabs(shape: Sequence[int], chunk: int = DEFAULT_CHUNK) -> Iterator[Tuple[tu
         for start in range(0, shape[axis], step):
             stop = min(shape[axis], start + step)
             yield prefix + (slice(start, stop),), (stop - start) * suffix
+
+
+def matrix_slabs(shape: Sequence[int], chunk: int = DEFAULT_CHUNK) -> Iterator[Tuple[int, tuple, int]]:
+    """Slabs (as :func:`slabs`) that never cross a matrix of the last two axes.
+
+    Yields ``(matrix, index, count)``: ``matrix`` numbers the matrices in
+    row-major order of the leading axes (0 for rank <= 2; a 1-D tensor is one
+    matrix). For per-matrix statistics such as CELO2's normaliser.
+
+    >>> [(m, i) for m, i, _ in matrix_slabs((2, 2, 3), 4)]
+    [(0, (0, slice(0, 1, None))), (0, (0, slice(1, 2, None))), (1, (1, slice(0, 1, None))), (1, (1, slice(1, 2, None)))]
+    """
+    shape = tuple(int(s) for s in shape)
+    if len(shape) <= 2:
+        for idx, count in slabs(shape, chunk):
+            yield 0, idx, count
+        return
+    for m, prefix in enumerate(itertools.product(*(range(s) for s in shape[:-2]))):
+        for idx, count in slabs(shape[-2:], chunk):
+            yield m, prefix + idx, count

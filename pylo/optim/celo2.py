@@ -37,6 +37,7 @@ import torch
 
 from pylo.core import accumulators as acc
 from pylo.core import adam
+from pylo.core.chunked import DEFAULT_CHUNK
 from pylo.core.clipping import clamp_elementwise
 from pylo.core.decays import DecayTensors, checked_decays
 from pylo.core.features import hyper_feature_groups, second_moment_normalize
@@ -45,6 +46,7 @@ from pylo.core.orthogonalize import NS_COEFFS, newton_schulz
 from pylo.core.shapes import KERNEL_LAYOUTS
 from pylo.models.celo2_mlp import CELO2MLP
 from pylo.models.loading import NetworkSpec, load_network
+from pylo.optim.adafaclo import BACKENDS, resolve_backend
 from pylo.optim.base import LearnedOptimizer, check_number
 
 RMS_EPS = 1e-8
@@ -210,11 +212,7 @@ def adamw(params: List[torch.Tensor], grads: List[torch.Tensor], states: List[Di
         return
     b1, b2 = betas
     for p, s in zip(params, states):
-        if "exp_avg" not in s:
-            s["exp_avg"] = torch.zeros(p.shape, dtype=torch.float32, device=p.device)
-            s["exp_avg_sq"] = torch.zeros(p.shape, dtype=torch.float32, device=p.device)
-        if "step" not in s:
-            s["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
+        init_adamw(s, p)
     mus, nus, steps = [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], [s["step"] for s in states]
     if foreach:
         adam.update_moments_foreach(mus, nus, grads, b1, b2)
@@ -232,6 +230,15 @@ def adamw(params: List[torch.Tensor], grads: List[torch.Tensor], states: List[Di
                                                   adam.bias_correction(b2, st), eps))
     for p, d in zip(params, directions):
         subtract_update(p, decoupled(d, p.to(torch.float32), lr, weight_decay), "jax")
+
+
+def init_adamw(state: Dict, p: torch.Tensor) -> None:
+    """The AdamW path's own moments and step count (float32, ``p``'s shape)."""
+    if "exp_avg" not in state:
+        state["exp_avg"] = torch.zeros(p.shape, dtype=torch.float32, device=p.device)
+        state["exp_avg_sq"] = torch.zeros(p.shape, dtype=torch.float32, device=p.device)
+    if "step" not in state:
+        state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
 
 
 def float32_product(a: float, b: float) -> float:
@@ -274,6 +281,13 @@ class Celo2Family(LearnedOptimizer):
             check_number("grad_clip_val", defaults["grad_clip_val"], minimum=0.0, strict=True)
         if defaults["kernel_layout"] not in KERNEL_LAYOUTS:
             raise ValueError(f"kernel_layout must be one of {KERNEL_LAYOUTS}, got {defaults['kernel_layout']!r}")
+        if defaults["backend"] is None and defaults["foreach"] is not None:
+            defaults["backend"] = "foreach" if defaults["foreach"] else "naive"
+        if defaults["backend"] is not None and defaults["backend"] not in BACKENDS + ("auto",):
+            raise ValueError(f"backend must be one of {BACKENDS + ('auto',)}, got {defaults['backend']!r}")
+        chunk = defaults["chunk_size"]
+        if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
+            raise ValueError(f"chunk_size must be a positive int, got {chunk!r}")
         for k in ("momentum", "rms", "adafactor"):
             defaults[f"initial_{k}_decays"] = checked_decays(f"initial_{k}_decays", defaults[f"initial_{k}_decays"])
         for name, v in (("ff_hidden_size", ff_hidden_size), ("ff_hidden_layers", ff_hidden_layers)):
@@ -292,8 +306,18 @@ class Celo2Family(LearnedOptimizer):
         self.clip_grad = bool(clip_grad)
         self.clip_norm = float(clip_norm)
         self._decays = DecayTensors()
+        self._workspaces: Dict = {}
 
     # ------------------------------------------------------------------ helpers
+    @staticmethod
+    def backend_for(group, device: torch.device) -> str:
+        """The group's backend on ``device``: ``"auto"`` is triton on CUDA (when available), else fused;
+        unset (the published API's ``foreach=None``) is foreach on CUDA, else naive."""
+        backend = group.get("backend")
+        if backend is None:
+            return "foreach" if device.type == "cuda" else "naive"
+        return resolve_backend(backend, device)
+
     @staticmethod
     def routes_to_adamw(group, p: torch.Tensor, name: Optional[str]) -> bool:
         """scaling_l2o's routing: 0-/1-D, ``embed`` in the name, or an ``is_embedding`` group."""
@@ -353,7 +377,12 @@ class CELO2_naive(Celo2Family):
         hf_key: hub repo of the meta-network (``"owner/name[@revision]"``).
         checkpoint_path: a local converted checkpoint (folder or file); wins over ``hf_key``.
         network: a ready :class:`~pylo.models.CELO2MLP`; wins over everything.
-        foreach: multi-tensor implementation (default: True on CUDA).
+        foreach: shorthand for ``backend="foreach"`` / ``"naive"`` (unset: foreach on CUDA, else naive).
+        backend: ``"naive"`` (tensor by tensor), ``"foreach"`` (multi-tensor
+            accumulators, one MLP call), ``"fused"`` (chunked, bounded memory,
+            fastest on CPU), ``"triton"`` (GPU kernels) or ``"auto"`` (triton on
+            CUDA when available, else fused; the default of :class:`CELO2`).
+        chunk_size: elements per chunk of the fused backend (bounds its transient memory).
         kernel_layout: ``"torch"`` (default) treats 4-D tensors as OIHW conv
             kernels and computes in JAX's HWIO layout, so Newton-Schulz and the
             normalisation run per spatial tap over (in, out), as upstream on
@@ -376,7 +405,7 @@ class CELO2_naive(Celo2Family):
                  rmsmult=1.0, param_scale_mult=False, ns_coeffs=NS_COEFFS, ns_iters=5, ns_eps=1e-08,
                  grad_clip_val=1000.0, hf_key: Optional[str] = "DiamondXL/celo2", checkpoint_path=None,
                  network: Optional[CELO2MLP] = None, *, foreach: Optional[bool] = None, kernel_layout: str = "torch",
-                 nonfinite_grads: str = "raise"):
+                 nonfinite_grads: str = "raise", backend: Optional[str] = None, chunk_size: int = DEFAULT_CHUNK):
         betas = tuple(adam_betas)
         if len(betas) != 2:
             raise ValueError(f"adam_betas must be a pair (b1, b2), got {adam_betas!r}")
@@ -392,13 +421,18 @@ class CELO2_naive(Celo2Family):
                         initial_rms_decays=initial_rms_decays, initial_adafactor_decays=initial_adafactor_decays,
                         exp_mult=exp_mult, rmsmult=rmsmult, param_scale_mult=bool(param_scale_mult),
                         ns_coeffs=tuple(ns_coeffs), ns_iters=ns_iters, ns_eps=ns_eps, grad_clip_val=grad_clip_val,
-                        is_embedding=False, kernel_layout=kernel_layout, foreach=foreach)
+                        is_embedding=False, kernel_layout=kernel_layout, foreach=foreach, backend=backend,
+                        chunk_size=chunk_size)
         self._setup(params, defaults, clip_grad=clip_grad, clip_norm=clip_norm, ff_hidden_size=ff_hidden_size,
                     ff_hidden_layers=ff_hidden_layers, hf_key=hf_key, checkpoint_path=checkpoint_path,
                     network=network, nonfinite_grads=nonfinite_grads)
 
     def _update(self, group, device, learned, routed) -> None:
-        foreach = self._foreach_for(group, device)
+        backend = self.backend_for(group, device)
+        if backend in ("fused", "triton"):
+            self._update_fast(group, device, learned, routed, backend)
+            return
+        foreach = backend == "foreach"
         if learned:
             params, grads = zip(*learned)
             celo2(list(params), list(grads), [self.state[p] for p in params], network=self.network_on(device),
@@ -411,5 +445,44 @@ class CELO2_naive(Celo2Family):
                   lr=float32_product(group["adam_lr_mult"], group["lr"]), betas=tuple(group["adam_betas"]),
                   eps=group["adam_eps"], weight_decay=self.adam_weight_decay(group), foreach=foreach)
 
+    def _update_fast(self, group, device, learned, routed, backend: str) -> None:
+        fast = _fast_backend(backend)
+        decays = self._decays.of_group(group, device)
+        if learned:
+            params, grads = (list(x) for x in zip(*learned))
+            states = [self.state[p] for p in params]
+            for p, s in zip(params, states):
+                init_accumulators(s, to_work(p, group["kernel_layout"]), decays)
+            fast.learned_update(params, grads, states, network=self.network_on(device), decays=decays,
+                                cfg=LearnedStep.of(group), lr=group["lr"], weight_decay=group["weight_decay"],
+                                grad_clip_val=group["grad_clip_val"], kernel_layout=group["kernel_layout"],
+                                chunk=group["chunk_size"], workspaces=self._workspaces)
+        if routed:
+            params, grads = (list(x) for x in zip(*routed))
+            states = [self.state[p] for p in params]
+            for p, s in zip(params, states):
+                init_adamw(s, p)
+            fast.adamw_update(params, grads, states, lr=float32_product(group["adam_lr_mult"], group["lr"]),
+                              betas=tuple(group["adam_betas"]), eps=group["adam_eps"],
+                              weight_decay=self.adam_weight_decay(group), chunk=group["chunk_size"])
 
-CELO2 = CELO2_naive
+
+def _fast_backend(backend: str):
+    """The module implementing a fast backend: ``learned_update``, ``adamw_update``, ``shared_adamw_update``."""
+    if backend == "triton":
+        from pylo.optim import celo2_triton
+
+        return celo2_triton
+    from pylo.optim import celo2_fused
+
+    return celo2_fused
+
+
+class CELO2(CELO2_naive):
+    """CELO2 / CELO2-base on its fastest backend (``backend="auto"``): the recommended entry point.
+
+    Same arguments and results as :class:`CELO2_naive` (within float32 round-off); see there.
+    """
+
+    def __init__(self, params, *args, backend: Optional[str] = "auto", **kwargs):
+        super().__init__(params, *args, backend=backend, **kwargs)

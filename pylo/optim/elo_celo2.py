@@ -25,13 +25,14 @@ from typing import Optional
 import torch
 
 from pylo.core import adam
+from pylo.core.chunked import DEFAULT_CHUNK
 from pylo.core.clipping import clamp_elementwise
 from pylo.core.layout import subtract_update, to_work
 from pylo.core.orthogonalize import NS_COEFFS
 from pylo.models.celo2_mlp import CELO2MLP
 from pylo.models.loading import NetworkSpec
-from pylo.optim.celo2 import (Celo2Family, LearnedStep, _build_celo2_mlp, accumulate, decoupled, float32_product,
-                              init_accumulators, learned_steps)
+from pylo.optim.celo2 import (Celo2Family, LearnedStep, _build_celo2_mlp, _fast_backend, accumulate, decoupled,
+                              float32_product, init_accumulators, learned_steps)
 
 ADAM_EPS = 1e-8
 
@@ -105,7 +106,7 @@ class ELO_CELO2_naive(Celo2Family):
             accumulators; not in upstream ELO-CELO2 (inert after the default
             global-norm clipping to 1.0). ``None`` disables it.
         hf_key, checkpoint_path, network: the meta-network (network > checkpoint_path > hub).
-        foreach, kernel_layout: as CELO2.
+        foreach, backend, chunk_size, kernel_layout: as CELO2.
         nonfinite_grads: ``"raise"`` (default) or ``"upstream"`` (``nan_to_num``).
 
     Example:
@@ -123,19 +124,24 @@ class ELO_CELO2_naive(Celo2Family):
                  ns_coeffs=NS_COEFFS, ns_iters=5, ns_eps=1e-08, grad_clip_val=1000.0,
                  hf_key: Optional[str] = "DiamondXL/elo-celo2", checkpoint_path=None,
                  network: Optional[CELO2MLP] = None, *, foreach: Optional[bool] = None, kernel_layout: str = "torch",
-                 nonfinite_grads: str = "raise"):
+                 nonfinite_grads: str = "raise", backend: Optional[str] = None, chunk_size: int = DEFAULT_CHUNK):
         defaults = dict(lr=lr, weight_decay=weight_decay, adam_lr_mult=adam_lr_mult,
                         adam_weight_decay=adam_weight_decay, use_adamw_for_1d=bool(use_adamw_for_1d),
                         orthogonalize=bool(orthogonalize), initial_momentum_decays=initial_momentum_decays,
                         initial_rms_decays=initial_rms_decays, initial_adafactor_decays=initial_adafactor_decays,
                         exp_mult=exp_mult, rmsmult=rmsmult, param_scale_mult=bool(param_scale_mult),
                         ns_coeffs=tuple(ns_coeffs), ns_iters=ns_iters, ns_eps=ns_eps, grad_clip_val=grad_clip_val,
-                        is_embedding=False, kernel_layout=kernel_layout, foreach=foreach)
+                        is_embedding=False, kernel_layout=kernel_layout, foreach=foreach, backend=backend,
+                        chunk_size=chunk_size)
         self._setup(params, defaults, clip_grad=clip_grad, clip_norm=clip_norm, ff_hidden_size=ff_hidden_size,
                     ff_hidden_layers=ff_hidden_layers, hf_key=hf_key, checkpoint_path=checkpoint_path,
                     network=network, nonfinite_grads=nonfinite_grads)
 
     def _update(self, group, device, learned, routed) -> None:
+        backend = self.backend_for(group, device)
+        if backend in ("fused", "triton"):
+            self._update_fast(group, device, learned, routed, backend)
+            return
         items = learned + routed
         params, grads = [p for p, _ in items], [g for _, g in items]
         elo_celo2(params, grads, [self.state[p] for p in params], [False] * len(learned) + [True] * len(routed),
@@ -144,7 +150,35 @@ class ELO_CELO2_naive(Celo2Family):
                   cfg=LearnedStep.of(group), lr=group["lr"], weight_decay=group["weight_decay"],
                   adam_lr=float32_product(group["adam_lr_mult"], group["lr"]),
                   adam_weight_decay=self.adam_weight_decay(group), grad_clip_val=group["grad_clip_val"],
-                  kernel_layout=group["kernel_layout"], foreach=self._foreach_for(group, device))
+                  kernel_layout=group["kernel_layout"], foreach=backend == "foreach")
+
+    def _update_fast(self, group, device, learned, routed, backend: str) -> None:
+        fast = _fast_backend(backend)
+        decays = self._decays.of_group(group, device)
+        layout = group["kernel_layout"]
+        for p, _ in learned + routed:
+            init_accumulators(self.state[p], to_work(p, layout), decays)
+        if learned:
+            params, grads = (list(x) for x in zip(*learned))
+            fast.learned_update(params, grads, [self.state[p] for p in params], network=self.network_on(device),
+                                decays=decays, cfg=LearnedStep.of(group), lr=group["lr"],
+                                weight_decay=group["weight_decay"], grad_clip_val=group["grad_clip_val"],
+                                kernel_layout=layout, skip_zero_decay=False, chunk=group["chunk_size"],
+                                workspaces=self._workspaces)
+        if routed:
+            params, grads = (list(x) for x in zip(*routed))
+            fast.shared_adamw_update(params, grads, [self.state[p] for p in params], decays=decays,
+                                     betas=(group["initial_momentum_decays"][0], group["initial_rms_decays"][-1]),
+                                     lr=float32_product(group["adam_lr_mult"], group["lr"]),
+                                     weight_decay=self.adam_weight_decay(group), grad_clip_val=group["grad_clip_val"],
+                                     kernel_layout=layout, eps=ADAM_EPS, chunk=group["chunk_size"])
 
 
-ELO_CELO2 = ELO_CELO2_naive
+class ELO_CELO2(ELO_CELO2_naive):
+    """ELO-CELO2 on its fastest backend (``backend="auto"``): the recommended entry point.
+
+    Same arguments and results as :class:`ELO_CELO2_naive` (within float32 round-off); see there.
+    """
+
+    def __init__(self, params, *args, backend: Optional[str] = "auto", **kwargs):
+        super().__init__(params, *args, backend=backend, **kwargs)
