@@ -51,3 +51,24 @@ def test_cli_writes_json_markdown_and_ratios(tmp_path, capsys):
     assert "ms/step" in (tmp_path / "bench.md").read_text()
     if any(r["backend"] == "jax-jit" for r in result["rows"]):
         assert rows[("adafaclo", "jax-jit")]["median_ms"] > 0 and fused["vs_jax"] > 0
+
+
+def test_threads_option_sets_torch_and_xla_alike(monkeypatch):
+    from pylo.bench.cli import set_threads
+
+    before = torch.get_num_threads()
+    monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/nowhere")
+    try:
+        set_threads(1)
+        assert torch.get_num_threads() == 1
+        import os
+
+        flags = os.environ["XLA_FLAGS"]
+        assert flags.startswith("--xla_dump_to=/nowhere") and "--xla_cpu_multi_thread_eigen=false" in flags
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_bad_thread_count_is_a_clear_error(tmp_path, capsys):
+    assert main(["--shapes", "4", "--threads", "0", "--out", str(tmp_path)]) == 2
+    assert "--threads must be >= 1" in capsys.readouterr().err

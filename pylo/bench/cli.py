@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import platform
 import sys
 from dataclasses import asdict, dataclass
@@ -212,7 +213,8 @@ def _parser():
     p = argparse.ArgumentParser(prog="pylo-bench", description=__doc__.split("\n")[0],
                                 epilog=__doc__.split("\n\n", 1)[1] + "\nexamples:\n  pylo-bench\n"
                                        "  pylo-bench --workload mlp --optimizer adafaclo --backend fused\n"
-                                       "  pylo-bench --shapes 4096x4096,4096 --iters 5",
+                                       "  pylo-bench --shapes 4096x4096,4096 --iters 5\n"
+                                       "  taskset -c 0 pylo-bench --threads 1   # one core, torch and XLA alike",
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workload", action="append", choices=sorted(workloads.WORKLOADS),
                    help="built-in workload (repeatable; default: all)")
@@ -223,8 +225,22 @@ def _parser():
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--iters", type=int, default=7)
     p.add_argument("--no-jax", action="store_true", help="skip the JAX reference")
+    p.add_argument("--threads", type=int, help="CPU threads for torch and JAX alike (default: the libraries' own)")
     p.add_argument("--out", default="bench_report", help="folder for bench.json/.md/.png")
     return p
+
+
+def set_threads(n: int) -> None:
+    """Give torch and XLA the same CPU thread budget, so that ratios compare like with like.
+
+    XLA reads its flags when JAX first initialises its CPU backend, so this must run before that.
+    """
+    if n < 1:
+        raise ValueError(f"--threads must be >= 1, got {n}")
+    torch.set_num_threads(n)
+    flags = os.environ.get("XLA_FLAGS", "")
+    if n == 1 and "xla_cpu_multi_thread_eigen" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1".strip()
 
 
 def main(argv=None) -> int:
@@ -240,6 +256,12 @@ def main(argv=None) -> int:
         return 2
     for name in args.workload or ([] if shapes else sorted(workloads.WORKLOADS)):
         shapes[name] = workloads.WORKLOADS[name]()
+    if args.threads is not None:
+        try:
+            set_threads(args.threads)
+        except ValueError as e:
+            print(f"pylo-bench: {e}", file=sys.stderr)
+            return 2
     with_jax = not args.no_jax and importlib.util.find_spec("jax") is not None
     result = run(shapes, args.optimizer or [], args.backend, device, args.warmup, args.iters, with_jax,
                  log=lambda msg: print(msg, file=sys.stderr))
