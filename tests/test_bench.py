@@ -72,3 +72,16 @@ def test_threads_option_sets_torch_and_xla_alike(monkeypatch):
 def test_bad_thread_count_is_a_clear_error(tmp_path, capsys):
     assert main(["--shapes", "4", "--threads", "0", "--out", str(tmp_path)]) == 2
     assert "--threads must be >= 1" in capsys.readouterr().err
+
+
+def test_celo2_floor_counts_newton_schulz_on_its_learned_matrices_only():
+    from pylo.bench.cli import orthogonalize_flops
+    from pylo.core.orthogonalize import newton_schulz_flops
+    from pylo.parity_tests import registry
+
+    shapes = [("embed.weight", (100, 8)), ("w", (16, 32)), ("b", (32,))]
+    celo2 = next(i for i in registry.REGISTRY if i.name == "celo2")
+    adafac = next(i for i in registry.REGISTRY if i.name == "adafaclo")
+    assert newton_schulz_flops((16, 32), steps=5) == 5 * (4 * 16 * 16 * 32 + 2 * 16 ** 3)
+    assert orthogonalize_flops(celo2, shapes) == newton_schulz_flops((16, 32))
+    assert orthogonalize_flops(adafac, shapes) == 0

@@ -5,7 +5,8 @@ For each workload it measures, per optimizer and backend: the median step time
 the persistent state per parameter; beside torch.optim.AdamW (foreach and fused)
 on the same parameters and, when JAX is installed, our JAX reference compiled
 with jax.jit on the same device. It prints ratios (to fused AdamW, to the naive
-backend, to JAX), the float32 matmul floor of the per-element MLPs, and writes
+backend, to JAX), the float32 matmul floor (per-element MLPs, and Newton-Schulz
+for the CELO2 family), and writes
 bench.json, bench.md and (with matplotlib) bench.png. Benchmarks are never tests.
 """
 
@@ -98,6 +99,22 @@ def mlp_flops_per_element(network: torch.nn.Module) -> int:
     return sum(2 * m.in_features * m.out_features for m in network.modules() if isinstance(m, torch.nn.Linear))
 
 
+def orthogonalize_flops(info, shapes) -> int:
+    """Newton-Schulz flops of one step for optimizers that orthogonalise (CELO2 family), else 0.
+
+    As the CELO2 family routes them: learned path (and so Newton-Schulz) for parameters of
+    rank >= 2 whose name does not contain ``embed``; the rest take AdamW.
+    """
+    import inspect
+
+    from pylo.core.orthogonalize import newton_schulz_flops
+
+    parameter = inspect.signature(info.torch_class).parameters.get("orthogonalize")
+    if not info.bench_kwargs.get("orthogonalize", parameter is not None and parameter.default is True):
+        return 0
+    return sum(newton_schulz_flops(shape) for name, shape in shapes if len(shape) >= 2 and "embed" not in name)
+
+
 def run(workload_shapes: Dict[str, list], optimizers: List[str], backends: Optional[List[str]], device,
         warmup: int, iters: int, with_jax: bool, log=print) -> Dict:
     from pylo.parity_tests import registry
@@ -105,6 +122,7 @@ def run(workload_shapes: Dict[str, list], optimizers: List[str], backends: Optio
     infos = [i for i in registry.REGISTRY if i.make_network is not None and (not optimizers or i.name in optimizers)]
     rows: List[Row] = []
     floors = {}
+    skipped = set()
     gflops = measure.sgemm_gflops(device)
     for wname, shapes in workload_shapes.items():
         n = workloads.numel(shapes)
@@ -120,7 +138,8 @@ def run(workload_shapes: Dict[str, list], optimizers: List[str], backends: Optio
         adamw_ms = base.get("fused", base.get("foreach"))
         for info in infos:
             net = info.make_network()
-            floors[(wname, info.name)] = 1e3 * n * mlp_flops_per_element(net) / (gflops * 1e9)
+            flops = n * mlp_flops_per_element(net) + orthogonalize_flops(info, shapes)
+            floors[(wname, info.name)] = 1e3 * flops / (gflops * 1e9)
             jax_ms = None
             if with_jax:
                 try:
@@ -131,6 +150,9 @@ def run(workload_shapes: Dict[str, list], optimizers: List[str], backends: Optio
             naive_ms = None
             for backend in info.backends:
                 if backends and backend not in backends:
+                    continue
+                if not registry.backend_available(backend, str(device)):
+                    skipped.add(f"{backend} (needs CUDA and triton)")
                     continue
                 log(f"  {wname}: {info.name}/{backend}")
                 kwargs = {**info.bench_kwargs, **info.backend_kwargs(backend)}
@@ -147,7 +169,8 @@ def run(workload_shapes: Dict[str, list], optimizers: List[str], backends: Optio
                                 vs_naive=None if naive_ms is None else naive_ms / ms,
                                 vs_jax=None if jax_ms is None else jax_ms / ms))
     return {"device": str(device), "sgemm_gflops": gflops, "rows": [asdict(r) for r in rows],
-            "mlp_floor_ms": {f"{w}/{o}": v for (w, o), v in floors.items()}, "environment": _environment()}
+            "mlp_floor_ms": {f"{w}/{o}": v for (w, o), v in floors.items()}, "skipped": sorted(skipped),
+            "environment": _environment()}
 
 
 def _environment() -> Dict[str, str]:
@@ -175,7 +198,9 @@ def table(result: Dict) -> str:
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     lines.append(f"\nfloat32 matmul: {result['sgemm_gflops']:.0f} GFLOP/s on {result['device']}; "
-                 "per-element MLP floor: " + ", ".join(f"{k} {v:.1f} ms" for k, v in result["mlp_floor_ms"].items()))
+                 "matmul floor (per-element MLP + Newton-Schulz): " + ", ".join(f"{k} {v:.1f} ms" for k, v in result["mlp_floor_ms"].items()))
+    if result.get("skipped"):
+        lines.append(f"not run on {result['device']}: " + ", ".join(result["skipped"]))
     errors = [f"{r['workload']}/{r['optimizer']}/{r['backend']}: {r['error']}" for r in result["rows"] if r["error"]]
     return "\n".join(lines + ([""] + errors if errors else []))
 

@@ -38,6 +38,25 @@ def newton_schulz(x: torch.Tensor, coeffs: Sequence[float] = NS_COEFFS, steps: i
     return x.transpose(-2, -1) if swap else x
 
 
+def newton_schulz_flops(shape: Sequence[int], steps: int = 5) -> int:
+    """Floating-point operations of :func:`newton_schulz` on a tensor of ``shape`` (0 below rank 2).
+
+    Per matrix ``r x c`` (``r`` the smaller side) and step: the Gram matrix and
+    ``P x`` cost ``2 r^2 c`` each, ``(c A) A`` costs ``2 r^3``. This is the
+    matmul floor CELO2 adds to its per-element MLP (``pylo-bench`` reports it).
+
+    >>> newton_schulz_flops((4, 6), steps=1)  # 2*16*6 + 2*64 + 2*16*6
+    512
+    """
+    if len(shape) < 2:
+        return 0
+    r, c = sorted(shape[-2:])
+    batch = 1
+    for d in shape[:-2]:
+        batch *= d
+    return batch * steps * (4 * r * r * c + 2 * r ** 3)
+
+
 def newton_schulz_(x: torch.Tensor, coeffs: Sequence[float] = NS_COEFFS, steps: int = 5, eps: float = 1e-8,
                    block: int = 256) -> torch.Tensor:
     """:func:`newton_schulz` of one matrix, in place and in bounded memory (returns ``x``).
