@@ -1,0 +1,219 @@
+"""The Triton CELO2 / ELO-CELO2 backend (GPU): host side of :mod:`pylo.kernels.triton_celo2`.
+
+The plan of the fused backend (:mod:`pylo.optim.celo2_fused`) with the
+per-element passes as kernels, per learned tensor (work layout, any rank):
+
+1. the Adafactor row/column moments and small tables in torch
+   (:func:`pylo.core.fused.adafactor_tables`);
+2. ``_pass1``: accumulators updated in place, per-block channel sums of
+   squares, reduced per matrix of the last two axes by torch; the four table
+   groups' sums come from the tables (:func:`pylo.optim.celo2_fused.matrix_table_sumsq`);
+3. the normaliser folded into a per-matrix copy of the first layer (zero-padded
+   to a power-of-two width);
+4. ``_pass2``: features, MLP, ``direction * exp(magnitude * exp_mult)`` into a
+   float32 step buffer;
+5. Newton-Schulz and the output normaliser in torch
+   (:func:`pylo.optim.celo2_fused.orthogonalize_and_scale`);
+6. ``_apply``: normalised step, ``rmsmult``, weight decay, ``lr``, the parameter
+   in its own dtype.
+
+The AdamW paths are elementwise multi-tensor torch code, the same as the fused
+backend's (:func:`adamw_update`, :func:`shared_adamw_update` are re-exported).
+No host synchronisation; kernels run on the current CUDA stream.
+
+The kernels implement ``K`` momentum decays with as many Adafactor decays and
+one RMS decay (CELO2's and ELO-CELO2's (3, 1, 3) among them), and a ``relu`` or
+``tanh`` CELO2MLP of any width and depth; other decay counts raise a
+``ValueError`` that points to ``backend='fused'``.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from pylo.core.chunked import DEFAULT_CHUNK
+from pylo.core.fused import adafactor_tables
+from pylo.core.layout import to_work
+from pylo.kernels import axis_strides, require_triton
+from pylo.optim.celo2_fused import (NORMALIZER_EPS, adamw_update, matrix_table_sumsq,  # noqa: F401  re-exported
+                                    orthogonalize_and_scale, shared_adamw_update)
+
+__all__ = ["learned_update", "adamw_update", "shared_adamw_update", "channel_order", "supports"]
+
+BLOCK = 128
+#: per-element channels the kernels build before the per-decay ones: g, clip(g), p, rms, rs, g*rs
+HEAD = ((0, 0), (1, 0), (2, 0), (4, 0), (6, 0), (8, 0))
+#: int32 index arithmetic is exact below this many state entries (``K * numel``)
+INT32_LIMIT = 2 ** 31 - 1
+
+
+def channel_order(k: int, factored: bool) -> List[Tuple[int, int]]:
+    """``(group, column)`` of upstream's 14 feature groups for each kernel channel, in kernel order.
+
+    Per-element channels first (:data:`HEAD`, then per decay ``j`` the momentum,
+    ``m * rs``, ``fac_g`` and for factored tensors ``fac_mom``), then for factored
+    tensors the four broadcast table groups 9-12 (``k`` columns each).
+    """
+    order = list(HEAD)
+    for j in range(k):
+        order += [(3, j), (5, j), (7, j)] + ([(13, j)] if factored else [])
+    if factored:
+        order += [(grp, j) for grp in (9, 10, 11, 12) for j in range(k)]
+    return order
+
+
+def per_element_channels(k: int, factored: bool) -> int:
+    """Channels whose sums of squares ``_pass1`` computes (the rest come from the tables)."""
+    return len(HEAD) + k * (4 if factored else 3)
+
+
+def supports(decays: Sequence[torch.Tensor]) -> Optional[str]:
+    """Why the kernels cannot run these decays (None when they can)."""
+    counts = tuple(d.numel() for d in decays)
+    if counts[1] != 1 or counts[0] != counts[2] or counts[0] < 1:
+        return (f"the triton CELO2 kernels implement K momentum decays, one RMS decay and K Adafactor decays; got "
+                f"{counts} (momentum, RMS, Adafactor); use backend='fused'")
+    return None
+
+
+class _Weights:
+    """The CELO2MLP in the kernels' layout: first-layer rows per channel order, ``(in, out)`` dense weights,
+    everything zero-padded to a power-of-two width (padded units stay 0 under relu and tanh)."""
+
+    def __init__(self, network, k: int, device):
+        from pylo.kernels.triton_common import ACTIVATION_CODES
+
+        if network.activation not in ACTIVATION_CODES:
+            raise ValueError(f"the triton CELO2 kernels implement {sorted(ACTIVATION_CODES)} activations, got "
+                             f"{network.activation!r}; use backend='fused'")
+        self.act = ACTIVATION_CODES[network.activation]
+        hidden = network.b0.shape[0]
+        self.width = width = max(4, 1 << (hidden - 1).bit_length())
+        w0 = [w.detach().to(device=device, dtype=torch.float32) for w in network.w0]
+
+        def padded(x: torch.Tensor, shape) -> torch.Tensor:
+            out = torch.zeros(shape, device=device)
+            out[tuple(slice(0, s) for s in x.shape)] = x
+            return out
+
+        self.w0 = {f: padded(torch.stack([w0[grp][col] for grp, col in channel_order(k, f)]),
+                             (len(channel_order(k, f)), width)) for f in (False, True)}
+        self.b0 = padded(network.b0.detach().float(), (width,))
+        dense_w = [w.detach().float() for w in network.dense_w]
+        dense_b = [b.detach().float() for b in network.dense_b]
+        self.layers = len(dense_w) - 1
+        if self.layers:
+            self.wh = torch.stack([padded(w, (width, width)) for w in dense_w[:-1]]).contiguous()
+            self.bh = torch.stack([padded(b, (width,)) for b in dense_b[:-1]]).contiguous()
+        else:
+            self.wh = torch.zeros(1, width, width, device=device)
+            self.bh = torch.zeros(1, width, device=device)
+        self.wo = padded(dense_w[-1][:, :2].T, (2, width)).contiguous()  # rows: direction, magnitude
+        self.bo = dense_b[-1][:2].to(device).contiguous()
+
+
+def _contiguous_state(state: Dict, keys: Sequence[str]) -> None:
+    """The kernels index state tensors flat: make them contiguous (a no-op for the optimizer's own)."""
+    for key in keys:
+        if not state[key].is_contiguous():
+            state[key] = state[key].contiguous()
+
+
+def learned_update(params: List[torch.Tensor], grads: List[torch.Tensor], states: List[Dict], *, network,
+                   decays: Sequence[torch.Tensor], cfg, lr: float, weight_decay: float, grad_clip_val: Optional[float],
+                   kernel_layout: str, skip_zero_decay: bool = True, chunk: int = DEFAULT_CHUNK,
+                   workspaces: Optional[Dict] = None) -> None:
+    """Triton CELO2 learned-path update (accumulators included) of tensors of one group on one device.
+
+    The signature of :func:`pylo.optim.celo2_fused.learned_update` (``chunk`` and
+    ``workspaces`` are unused: the kernels work in blocks of :data:`BLOCK`).
+    ``states`` already hold the accumulators; each tensor's step count is incremented.
+    """
+    if not params:
+        return
+    import triton
+
+    from pylo.kernels.triton_celo2 import _apply, _pass1, _pass2
+
+    device = params[0].device
+    require_triton(device)
+    why = supports(decays)
+    if why:
+        raise ValueError(why)
+    mom_d, rms_d, fac_d = decays
+    k = mom_d.numel()
+    rms_b, fac_b = rms_d.clamp(0.0, 1.0), fac_d.clamp(0.0, 1.0)
+    # [b_mom, b_rms, b_fac, 1-b_mom, 1-b_rms, 1-b_fac] on the device (float32 arithmetic, no host sync)
+    dec = torch.cat([mom_d, rms_b, fac_b, 1 - mom_d, 1 - rms_b, 1 - fac_b]).to(torch.float32).contiguous()
+    weights = _Weights(network, k, device)
+    width = weights.width
+    clip = 0.0 if grad_clip_val is None else float(grad_clip_val)
+    decay = bool(weight_decay) or not skip_zero_decay
+    rmsmult = float(cfg.rmsmult)
+
+    for p, g, state in zip(params, grads, states):
+        _contiguous_state(state, ("mom", "rms", "fac_diag"))
+        pw = to_work(p, kernel_layout)
+        work = pw if pw.is_contiguous() else pw.contiguous()
+        gw = to_work(g, kernel_layout).to(torch.float32).contiguous()
+        shape = tuple(pw.shape)
+        n = pw.numel()
+        tables = adafactor_tables(state, gw, fac_b, grad_clip_val)
+        if n == 0:
+            state["step"] += 1
+            continue
+        factored = tables is not None
+        matrices = 1
+        for s in shape[:-2]:
+            matrices *= s
+        matrix_numel = n // matrices
+        blocks_per_matrix = triton.cdiv(matrix_numel, BLOCK)
+        grid = (matrices * blocks_per_matrix,)
+        wide = k * n > INT32_LIMIT
+        strides = (1, 1, 1, 1)
+        if factored:
+            d1, d0 = tables["dims"]
+            strides = (*axis_strides(shape, d0), *axis_strides(shape, d1))
+            t = {name: tables[name].contiguous()
+                 for name in ("row_fac", "col_fac", "v_row", "v_col", "row_rsqrt", "col_rsqrt")}
+        else:
+            t = {name: state["fac_diag"] for name in ("row_fac", "col_fac", "v_row", "v_col", "row_rsqrt",
+                                                      "col_rsqrt")}
+        nch = per_element_channels(k, factored)
+        common = dict(K=k, FACTORED=factored, CLIP=grad_clip_val is not None, BLOCK=BLOCK, WIDE=wide)
+
+        # pass 1: accumulators, per-block channel sums of squares
+        partial = torch.empty(grid[0], nch, device=device)
+        _pass1[grid](work, gw, state["mom"], state["rms"], state["fac_diag"], t["row_fac"], t["col_fac"], dec,
+                     partial, matrix_numel, blocks_per_matrix, *strides, clip, NCH=nch, **common)
+        sumsq = partial.view(matrices, blocks_per_matrix, nch).sum(dim=1)
+        if factored:
+            sumsq = torch.cat([sumsq, matrix_table_sumsq(tables, shape)], dim=1)
+
+        # the normaliser, folded into a first layer per matrix: (matrices, channels, width)
+        scale = torch.rsqrt(NORMALIZER_EPS + sumsq / matrix_numel)
+        w0 = (weights.w0[factored].unsqueeze(0) * scale.unsqueeze(-1)).contiguous()
+        if cfg.param_scale_mult:
+            p_scale = torch.sqrt(sumsq[:, 2].sum() / n + 1e-9).reshape(1)
+        else:
+            p_scale = scale  # unused
+
+        # pass 2: features, MLP, direction * magnitude
+        step = torch.empty(shape, device=device)
+        _pass2[grid](work, gw, state["mom"], state["rms"], state["fac_diag"], t["row_fac"], t["col_fac"],
+                     t["v_row"], t["v_col"], t["row_rsqrt"], t["col_rsqrt"], w0, weights.b0, weights.wh,
+                     weights.bh, weights.wo, weights.bo, p_scale, step, matrix_numel, blocks_per_matrix, *strides,
+                     clip, float(cfg.exp_mult), NCH=w0.shape[1], PARAM_SCALE=bool(cfg.param_scale_mult),
+                     HIDDEN_LAYERS=weights.layers, ACT=weights.act, H=width, **common)
+
+        # Newton-Schulz and the output normaliser (torch), then the update
+        step, out_scale = orthogonalize_and_scale(step, cfg, matrices)
+        step = step.contiguous()
+        _apply[(triton.cdiv(n, BLOCK),)](work, step, out_scale, n, matrix_numel, rmsmult, float(lr),
+                                         float(weight_decay), RMSMULT=rmsmult != 1.0, DECAY=decay, BLOCK=BLOCK,
+                                         WIDE=n > INT32_LIMIT)
+        if work is not pw:
+            pw.copy_(work)
+        state["step"] += 1
