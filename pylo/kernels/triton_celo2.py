@@ -50,9 +50,9 @@ def _sumsq(ptr, x, mask):
 
 
 @triton.jit
-def _layer(h, x, w_ptr, cols, H: tl.constexpr):
-    """``h + x (outer) w``: one feature channel's contribution to the first layer."""
-    return h + x[:, None] * tl.load(w_ptr + cols)[None, :]
+def _term(x, c, scale_ptr, w0_ptr, cols, H: tl.constexpr):
+    """Channel ``c``'s first-layer term: ``(x * scale_c) (outer) w0_c`` (normalised as the naive path rounds it)."""
+    return (x * tl.load(scale_ptr + c))[:, None] * tl.load(w0_ptr + c * H + cols)[None, :]
 
 
 @triton.jit
@@ -99,76 +99,100 @@ def _pass1(p_ptr, g_ptr, m_ptr, rms_ptr, diag_ptr, rowfac_ptr, colfac_ptr, dec_p
     _sumsq(out, g, mask)
     _sumsq(out + 1, tl.minimum(tl.maximum(g, -FEATURE_CLIP), FEATURE_CLIP), mask)
     _sumsq(out + 2, p, mask)
-    _sumsq(out + 3, r, mask)
-    _sumsq(out + 4, rs, mask)
-    _sumsq(out + 5, g * rs, mask)
+    _sumsq(out + 3 + K, r, mask)
+    _sumsq(out + 4 + 2 * K, rs, mask)
+    _sumsq(out + 5 + 3 * K, g * rs, mask)
     if FACTORED:
         ri = _table_index(i, inner0, span0)
         ci = _table_index(i, inner1, span1)
     else:
         gsq = g * g + 1e-30
-    S: tl.constexpr = 4 if FACTORED else 3
     for j in tl.static_range(K):
         m = tl.load(dec_ptr + j) * tl.load(m_ptr + K * i + j, mask=mask, other=0.0) \
             + tl.load(dec_ptr + 2 * K + 1 + j) * g
         tl.store(m_ptr + K * i + j, m, mask=mask)
-        _sumsq(out + 6 + S * j, m, mask)
-        _sumsq(out + 7 + S * j, m * rs, mask)
+        _sumsq(out + 3 + j, m, mask)
+        _sumsq(out + 4 + K + j, m * rs, mask)
         if FACTORED:
             rf = tl.load(rowfac_ptr + K * ri + j, mask=mask, other=1.0)
             cf = tl.load(colfac_ptr + K * ci + j, mask=mask, other=1.0)
-            _sumsq(out + 8 + S * j, g * rf * cf, mask)
-            _sumsq(out + 9 + S * j, m * rf * cf, mask)
+            _sumsq(out + 5 + 2 * K + j, g * rf * cf, mask)
+            _sumsq(out + 6 + 3 * K + j, m * rf * cf, mask)
         else:
             d = tl.load(dec_ptr + K + 1 + j) * tl.load(diag_ptr + K * i + j, mask=mask, other=0.0) \
                 + tl.load(dec_ptr + 3 * K + 2 + j) * gsq
             tl.store(diag_ptr + K * i + j, d, mask=mask)
-            _sumsq(out + 8 + S * j, g * tl.math.rsqrt(tl.maximum(d + 1e-9, 1e-9)), mask)
+            _sumsq(out + 5 + 2 * K + j, g * tl.math.rsqrt(tl.maximum(d + 1e-9, 1e-9)), mask)
 
 
 @triton.jit
 def _pass2(p_ptr, g_ptr, m_ptr, rms_ptr, diag_ptr, rowfac_ptr, colfac_ptr, vrow_ptr, vcol_ptr, rowrs_ptr, colrs_ptr,
-           w0_ptr, b0_ptr, wh_ptr, bh_ptr, wo_ptr, bo_ptr, pscale_ptr, step_ptr,
+           scale_ptr, w0_ptr, b0_ptr, wh_ptr, bh_ptr, wo_ptr, bo_ptr, pscale_ptr, step_ptr,
            matrix_numel, blocks_per_matrix, inner0, span0, inner1, span1, clip, exp_mult,
            K: tl.constexpr, FACTORED: tl.constexpr, CLIP: tl.constexpr, NCH: tl.constexpr,
            PARAM_SCALE: tl.constexpr, HIDDEN_LAYERS: tl.constexpr, ACT: tl.constexpr, H: tl.constexpr,
            BLOCK: tl.constexpr, WIDE: tl.constexpr):
     pid, mat, i, mask = _elements(matrix_numel, blocks_per_matrix, BLOCK, WIDE)
     cols = tl.arange(0, H)
-    w0 = w0_ptr + mat * (NCH * H)  # this matrix's first layer, normalisers folded in: (NCH, H)
+    sc = scale_ptr + mat * NCH  # this matrix's normalisers, one per channel
     g = _load_grad(g_ptr, i, mask, clip, CLIP)
     p = tl.load(p_ptr + i, mask=mask, other=0.0).to(tl.float32)
     r = tl.load(rms_ptr + i, mask=mask, other=0.0)
     rs = tl.math.rsqrt(r + RMS_EPS)
-    h = tl.zeros((BLOCK, H), dtype=tl.float32) + tl.load(b0_ptr + cols)[None, :]
-    h = _layer(h, g, w0, cols, H)
-    h = _layer(h, tl.minimum(tl.maximum(g, -FEATURE_CLIP), FEATURE_CLIP), w0 + H, cols, H)
-    h = _layer(h, p, w0 + 2 * H, cols, H)
-    h = _layer(h, r, w0 + 3 * H, cols, H)
-    h = _layer(h, rs, w0 + 4 * H, cols, H)
-    h = _layer(h, g * rs, w0 + 5 * H, cols, H)
     if FACTORED:
         ri = _table_index(i, inner0, span0)
         ci = _table_index(i, inner1, span1)
-    S: tl.constexpr = 4 if FACTORED else 3
-    T: tl.constexpr = 6 + S * K  # the first table channel
+    # the first layer group by group in upstream's order, each group's terms summed before it is added
+    h = _term(g, 0, sc, w0_ptr, cols, H)
+    h += _term(tl.minimum(tl.maximum(g, -FEATURE_CLIP), FEATURE_CLIP), 1, sc, w0_ptr, cols, H)
+    h += _term(p, 2, sc, w0_ptr, cols, H)
+    t = tl.zeros((BLOCK, H), dtype=tl.float32)
     for j in tl.static_range(K):
-        m = tl.load(m_ptr + K * i + j, mask=mask, other=0.0)
-        h = _layer(h, m, w0 + (6 + S * j) * H, cols, H)
-        h = _layer(h, m * rs, w0 + (7 + S * j) * H, cols, H)
+        t += _term(tl.load(m_ptr + K * i + j, mask=mask, other=0.0), 3 + j, sc, w0_ptr, cols, H)
+    h += t
+    h += _term(r, 3 + K, sc, w0_ptr, cols, H)
+    t = tl.zeros((BLOCK, H), dtype=tl.float32)
+    for j in tl.static_range(K):
+        t += _term(tl.load(m_ptr + K * i + j, mask=mask, other=0.0) * rs, 4 + K + j, sc, w0_ptr, cols, H)
+    h += t
+    h += _term(rs, 4 + 2 * K, sc, w0_ptr, cols, H)
+    t = tl.zeros((BLOCK, H), dtype=tl.float32)
+    for j in tl.static_range(K):
         if FACTORED:
             rf = tl.load(rowfac_ptr + K * ri + j, mask=mask, other=1.0)
             cf = tl.load(colfac_ptr + K * ci + j, mask=mask, other=1.0)
-            h = _layer(h, g * rf * cf, w0 + (8 + S * j) * H, cols, H)
-            h = _layer(h, m * rf * cf, w0 + (9 + S * j) * H, cols, H)
-            h = _layer(h, tl.load(vrow_ptr + K * ri + j, mask=mask, other=1.0), w0 + (T + j) * H, cols, H)
-            h = _layer(h, tl.load(vcol_ptr + K * ci + j, mask=mask, other=1.0), w0 + (T + K + j) * H, cols, H)
-            h = _layer(h, tl.load(rowrs_ptr + K * ri + j, mask=mask, other=1.0), w0 + (T + 2 * K + j) * H, cols, H)
-            h = _layer(h, tl.load(colrs_ptr + K * ci + j, mask=mask, other=1.0), w0 + (T + 3 * K + j) * H, cols, H)
+            fg = g * rf * cf
         else:
-            d = tl.load(diag_ptr + K * i + j, mask=mask, other=1.0)
-            h = _layer(h, g * tl.math.rsqrt(tl.maximum(d + 1e-9, 1e-9)), w0 + (8 + S * j) * H, cols, H)
-    h = activation(h, ACT)
+            fg = g * tl.math.rsqrt(tl.maximum(tl.load(diag_ptr + K * i + j, mask=mask, other=1.0) + 1e-9, 1e-9))
+        t += _term(fg, 5 + 2 * K + j, sc, w0_ptr, cols, H)
+    h += t
+    h += _term(g * rs, 5 + 3 * K, sc, w0_ptr, cols, H)
+    if FACTORED:
+        T: tl.constexpr = 6 + 4 * K  # the table groups 9-12, then group 13 (fac_mom)
+        t = tl.zeros((BLOCK, H), dtype=tl.float32)
+        for j in tl.static_range(K):
+            t += _term(tl.load(vrow_ptr + K * ri + j, mask=mask, other=1.0), T + j, sc, w0_ptr, cols, H)
+        h += t
+        t = tl.zeros((BLOCK, H), dtype=tl.float32)
+        for j in tl.static_range(K):
+            t += _term(tl.load(vcol_ptr + K * ci + j, mask=mask, other=1.0), T + K + j, sc, w0_ptr, cols, H)
+        h += t
+        t = tl.zeros((BLOCK, H), dtype=tl.float32)
+        for j in tl.static_range(K):
+            t += _term(tl.load(rowrs_ptr + K * ri + j, mask=mask, other=1.0), T + 2 * K + j, sc, w0_ptr, cols, H)
+        h += t
+        t = tl.zeros((BLOCK, H), dtype=tl.float32)
+        for j in tl.static_range(K):
+            t += _term(tl.load(colrs_ptr + K * ci + j, mask=mask, other=1.0), T + 3 * K + j, sc, w0_ptr, cols, H)
+        h += t
+        t = tl.zeros((BLOCK, H), dtype=tl.float32)
+        for j in tl.static_range(K):
+            rf = tl.load(rowfac_ptr + K * ri + j, mask=mask, other=1.0)
+            cf = tl.load(colfac_ptr + K * ci + j, mask=mask, other=1.0)
+            t += _term(tl.load(m_ptr + K * i + j, mask=mask, other=0.0) * rf * cf, 6 + 3 * K + j, sc, w0_ptr,
+                       cols, H)
+        h += t
+    h = activation(h + tl.load(b0_ptr + cols)[None, :], ACT)
     for layer in tl.static_range(HIDDEN_LAYERS):
         h = dense(h, wh_ptr + layer * H * H, bh_ptr + layer * H, H, ACT)
     direction = tl.sum(h * tl.load(wo_ptr + cols)[None, :], axis=1) + tl.load(bo_ptr)

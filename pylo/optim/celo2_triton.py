@@ -43,8 +43,6 @@ from pylo.optim.celo2_fused import (NORMALIZER_EPS, adamw_update, matrix_table_s
 __all__ = ["learned_update", "adamw_update", "shared_adamw_update", "channel_order", "supports"]
 
 BLOCK = 128
-#: per-element channels the kernels build before the per-decay ones: g, clip(g), p, rms, rs, g*rs
-HEAD = ((0, 0), (1, 0), (2, 0), (4, 0), (6, 0), (8, 0))
 #: int32 index arithmetic is exact below this many state entries (``K * numel``)
 INT32_LIMIT = 2 ** 31 - 1
 
@@ -52,21 +50,18 @@ INT32_LIMIT = 2 ** 31 - 1
 def channel_order(k: int, factored: bool) -> List[Tuple[int, int]]:
     """``(group, column)`` of upstream's 14 feature groups for each kernel channel, in kernel order.
 
-    Per-element channels first (:data:`HEAD`, then per decay ``j`` the momentum,
-    ``m * rs``, ``fac_g`` and for factored tensors ``fac_mom``), then for factored
-    tensors the four broadcast table groups 9-12 (``k`` columns each).
+    The per-element groups in upstream's order (0-8, then 13 for factored
+    tensors), then for factored tensors the four broadcast table groups 9-12.
     """
-    order = list(HEAD)
-    for j in range(k):
-        order += [(3, j), (5, j), (7, j)] + ([(13, j)] if factored else [])
-    if factored:
-        order += [(grp, j) for grp in (9, 10, 11, 12) for j in range(k)]
-    return order
+    widths = (1, 1, 1, k, 1, k, 1, k, 1)
+    groups = list(range(9)) + ([13, 9, 10, 11, 12] if factored else [])
+    widths = widths + ((k,) * 5 if factored else ())
+    return [(grp, j) for grp, w in zip(groups, widths) for j in range(w)]
 
 
 def per_element_channels(k: int, factored: bool) -> int:
     """Channels whose sums of squares ``_pass1`` computes (the rest come from the tables)."""
-    return len(HEAD) + k * (4 if factored else 3)
+    return 6 + k * (4 if factored else 3)
 
 
 def supports(decays: Sequence[torch.Tensor]) -> Optional[str]:
@@ -192,9 +187,9 @@ def learned_update(params: List[torch.Tensor], grads: List[torch.Tensor], states
         if factored:
             sumsq = torch.cat([sumsq, matrix_table_sumsq(tables, shape)], dim=1)
 
-        # the normaliser, folded into a first layer per matrix: (matrices, channels, width)
-        scale = torch.rsqrt(NORMALIZER_EPS + sumsq / matrix_numel)
-        w0 = (weights.w0[factored].unsqueeze(0) * scale.unsqueeze(-1)).contiguous()
+        # the normalisers: (matrices, channels)
+        scale = torch.rsqrt(NORMALIZER_EPS + sumsq / matrix_numel).contiguous()
+        w0 = weights.w0[factored]
         if cfg.param_scale_mult:
             p_scale = torch.sqrt(sumsq[:, 2].sum() / n + 1e-9).reshape(1)
         else:
@@ -203,9 +198,9 @@ def learned_update(params: List[torch.Tensor], grads: List[torch.Tensor], states
         # pass 2: features, MLP, direction * magnitude
         step = torch.empty(shape, device=device)
         _pass2[grid](work, gw, state["mom"], state["rms"], state["fac_diag"], t["row_fac"], t["col_fac"],
-                     t["v_row"], t["v_col"], t["row_rsqrt"], t["col_rsqrt"], w0, weights.b0, weights.wh,
+                     t["v_row"], t["v_col"], t["row_rsqrt"], t["col_rsqrt"], scale, w0, weights.b0, weights.wh,
                      weights.bh, weights.wo, weights.bo, p_scale, step, matrix_numel, blocks_per_matrix, *strides,
-                     clip, float(cfg.exp_mult), NCH=w0.shape[1], PARAM_SCALE=bool(cfg.param_scale_mult),
+                     clip, float(cfg.exp_mult), NCH=w0.shape[0], PARAM_SCALE=bool(cfg.param_scale_mult),
                      HIDDEN_LAYERS=weights.layers, ACT=weights.act, H=width, **common)
 
         # Newton-Schulz and the output normaliser (torch), then the update
