@@ -7,8 +7,11 @@ import shutil
 from pathlib import Path
 from typing import Dict
 
+import pytest
 import torch
 from safetensors.torch import save_file
+
+from pylo.kernels import triton_available
 
 
 def write_hub_folder(folder: Path, config: Dict, tensors: Dict[str, torch.Tensor]) -> Path:
@@ -35,3 +38,29 @@ def write_hub_cache(cache: Path, repo_id: str, revision: str, folder: Path, main
         (repo / "refs").mkdir(parents=True, exist_ok=True)
         (repo / "refs" / "main").write_text(revision)
     return snapshot
+
+
+# ------------------------------------------------------------------ backend comparisons
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+#: the fast backends, the Triton one only where it can run (CUDA, or a CPU under TRITON_INTERPRET=1)
+FAST = ["fused", pytest.param("triton", marks=pytest.mark.skipif(
+    not triton_available(torch.device(DEVICE)), reason="triton needs CUDA or TRITON_INTERPRET=1"))]
+
+
+def params(shapes, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [(n, torch.nn.Parameter((0.5 * torch.randn(s, generator=g)).to(dtype).to(DEVICE)))
+            for n, s in shapes.items()]
+
+
+def assert_close(ref, got, atol=1e-6):
+    """float32 parameters within ``atol``; low-precision ones within one final rounding of naive's."""
+    for (n, p), (_, q) in zip(ref, got):
+        a, b = p.detach().float(), q.detach().float()
+        if p.dtype == torch.float32:
+            torch.testing.assert_close(b, a, rtol=0, atol=atol, msg=n)
+            continue
+        assert q.dtype == p.dtype
+        ulp = torch.finfo(p.dtype).eps * a.abs().clamp_min(torch.finfo(p.dtype).tiny)
+        assert ((a - b).abs() <= ulp).all(), n  # float32 round-off may flip one final rounding
+        assert (a == b).float().mean() > 0.9, n

@@ -16,12 +16,10 @@ from pylo.models.hyper_network import HyperNetwork
 from pylo.optim import Celo, Celo_naive, VeLO, VeLO_naive
 from pylo.optim.hyper import DEFAULT_CHUNK, resolve_backend
 
+from helpers import DEVICE, FAST, assert_close, params
+
 RANKS = {"scalar": (), "vector": (7,), "matrix": (5, 9), "size1": (1, 5), "rank3": (3, 4, 5),
          "conv": (6, 4, 3, 2), "rank5": (2, 1, 3, 1, 4), "rank5b": (2, 3, 2, 3, 2)}
-FAST = ["fused", pytest.param("triton", marks=pytest.mark.skipif(
-    not triton_available(torch.device("cuda" if torch.cuda.is_available() else "cpu")),
-    reason="triton needs CUDA or TRITON_INTERPRET=1"))]
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def network(kind="velo", seed=0, std=0.1, **geometry):
@@ -35,12 +33,6 @@ def make(kind, named, net, **kw):
     if kind == "velo":
         return VeLO_naive(named, network=net, num_steps=50, **kw)
     return Celo_naive(named, 50, network=net, **kw)
-
-
-def params(shapes, dtype=torch.float32, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return [(n, torch.nn.Parameter((0.5 * torch.randn(s, generator=g)).to(dtype).to(DEVICE)))
-            for n, s in shapes.items()]
 
 
 def run(opt, named, steps):
@@ -61,19 +53,6 @@ def compare(kind, shapes, backend, steps=4, dtype=torch.float32, net=None, chunk
     run(opt_ref, ref, steps)
     run(opt_got, got, steps)
     return ref, got, opt_ref, opt_got
-
-
-def assert_close(ref, got, atol=1e-6):
-    """float32 parameters within ``atol``; low-precision ones within one final rounding of naive's."""
-    for (n, p), (_, q) in zip(ref, got):
-        a, b = p.detach().float(), q.detach().float()
-        if p.dtype == torch.float32:
-            torch.testing.assert_close(b, a, rtol=0, atol=atol, msg=n)
-            continue
-        assert q.dtype == p.dtype
-        ulp = torch.finfo(p.dtype).eps * a.abs().clamp_min(torch.finfo(p.dtype).tiny)
-        assert ((a - b).abs() <= ulp).all(), n  # float32 round-off may flip one final rounding
-        assert (a == b).float().mean() > 0.9, n
 
 
 # ------------------------------------------------------------------ selection

@@ -11,21 +11,22 @@ a tensor of rank < 2 is one matrix):
    sum of squares, written per block (reduced per matrix by torch: no atomics,
    deterministic);
 2. ``_pass2``: the features again (plus, for a factored tensor, the four
-   broadcast row/column table groups, gathered by index arithmetic), the MLP with
-   the matrix's normalisers folded into its copy of the first layer by the host
-   (a sum of per-channel outer products), hidden layers with ``tl.dot`` in IEEE
-   float32 (never TF32) when the padded width is at least 16, and
-   ``direction * exp(magnitude * exp_mult)`` (times the parameter scale) written
-   to a float32 step buffer: Newton-Schulz (torch) needs the whole step;
+   broadcast row/column table groups, gathered by index arithmetic), each scaled
+   by its matrix's normaliser (computed by the host from the pass-1 sums), the
+   first layer as per-channel outer products summed group by group in
+   upstream's order (the naive path's rounding, as far as a kernel can), hidden
+   layers with ``tl.dot`` in IEEE float32 (never TF32) when the padded width is
+   at least 16, and ``direction * exp(magnitude * exp_mult)`` (times the
+   parameter scale) written to a float32 step buffer: Newton-Schulz (torch)
+   needs the whole step;
 3. ``_apply``: output normaliser of the element's matrix, ``rmsmult``, weight
    decay, ``lr``, and the parameter stored in its own dtype (bf16/fp16
    parameters rounded once, float32 state).
 
-Channel order (``K`` momentum = Adafactor decays, one RMS decay): ``g, clip(g),
-p, rms, rs, g*rs``, then per decay ``j``: ``m_j, m_j*rs, fac_g_j`` (and
-``fac_mom_j`` for factored tensors); pass 2 adds ``v_row, v_col, rsqrt(v_row),
-rsqrt(v_col)`` (``K`` each, group-major) for factored tensors
-(:func:`pylo.optim.celo2_triton.channel_order` maps them to upstream's groups).
+Channel order (``K`` momentum = Adafactor decays, one RMS decay): upstream's
+per-element groups 0-8 (``g, clip(g), p, m_0..K-1, rms, m*rs, rs, fac_g, g*rs``),
+for factored tensors group 13 (``fac_mom``), then the table groups 9-12
+(``v_row, v_col, rsqrt(v_row), rsqrt(v_col)``; :func:`pylo.optim.celo2_triton.channel_order`).
 Decays arrive as a device table ``[b_mom(K), b_rms, b_fac(K), 1-b_mom(K),
 1-b_rms, 1-b_fac(K)]`` (no host synchronisation). Kernels run on the current
 CUDA stream; without a GPU, under ``TRITON_INTERPRET=1``.
@@ -38,8 +39,8 @@ import triton.language as tl
 
 from pylo.kernels.triton_common import activation, dense, store_rounded
 
-FEATURE_CLIP = 0.1
-RMS_EPS = 1e-8
+FEATURE_CLIP = tl.constexpr(0.1)
+RMS_EPS = tl.constexpr(1e-8)
 
 
 @triton.jit
@@ -168,7 +169,7 @@ def _pass2(p_ptr, g_ptr, m_ptr, rms_ptr, diag_ptr, rowfac_ptr, colfac_ptr, vrow_
     h += t
     h += _term(g * rs, 5 + 3 * K, sc, w0_ptr, cols, H)
     if FACTORED:
-        T: tl.constexpr = 6 + 4 * K  # the table groups 9-12, then group 13 (fac_mom)
+        T = 6 + 4 * K  # the table groups 9-12 (group 13, fac_mom, sits before them)
         t = tl.zeros((BLOCK, H), dtype=tl.float32)
         for j in tl.static_range(K):
             t += _term(tl.load(vrow_ptr + K * ri + j, mask=mask, other=1.0), T + j, sc, w0_ptr, cols, H)

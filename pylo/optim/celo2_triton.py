@@ -8,8 +8,9 @@ per-element passes as kernels, per learned tensor (work layout, any rank):
 2. ``_pass1``: accumulators updated in place, per-block channel sums of
    squares, reduced per matrix of the last two axes by torch; the four table
    groups' sums come from the tables (:func:`pylo.optim.celo2_fused.matrix_table_sumsq`);
-3. the normaliser folded into a per-matrix copy of the first layer (zero-padded
-   to a power-of-two width);
+3. the normalisers, one per (matrix, channel), handed to ``_pass2``, which
+   applies them to the features before the first layer as the naive path rounds
+   them (the MLP zero-padded to a power-of-two width);
 4. ``_pass2``: features, MLP, ``direction * exp(magnitude * exp_mult)`` into a
    float32 step buffer;
 5. Newton-Schulz and the output normaliser in torch
