@@ -153,3 +153,21 @@ def test_triton_needs_a_gpu_or_the_interpreter(monkeypatch):
     opt = CELO2_naive(named, network=network(), backend="triton")
     with pytest.raises(RuntimeError, match="backend='fused' on CPU"):
         run(opt, named, 1)
+
+
+@TRITON
+def test_triton_follows_in_place_changes_of_the_network():
+    # the kernels' copy of the network is cached between steps; an in-place edit must reach it
+    net_ref, net_got = network(), network()
+    ref, got = params({"w": (5, 9)}), params({"w": (5, 9)})
+    opt_ref = CELO2_naive(ref, network=net_ref, backend="naive")
+    opt_got = CELO2_naive(got, network=net_got, backend="triton")
+    run(opt_ref, ref, 1)
+    run(opt_got, got, 1)
+    with torch.no_grad():
+        for net in (net_ref, net_got):
+            net.b0.add_(0.5)
+            net.dense_w[0].mul_(-1.0)
+    run(opt_ref, ref, 2)
+    run(opt_got, got, 2)
+    assert_close(ref, got)

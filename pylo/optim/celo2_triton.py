@@ -110,6 +110,20 @@ class _Weights:
         self.bo = dense_b[-1][:2].to(device).contiguous()
 
 
+def _weights(network, k: int, device, cache: Optional[Dict]) -> _Weights:
+    """The kernels' copy of the network, cached in ``cache`` while the network's tensors are unchanged
+    (same storage, same in-place version counters)."""
+    key = ("celo2_triton", device, k, tuple((t.data_ptr(), t._version) for t in network.parameters()))
+    if cache is None:
+        return _Weights(network, k, device)
+    found = cache.get(key)
+    if found is None:
+        for old in [c for c in cache if isinstance(c, tuple) and c[:1] == ("celo2_triton",) and c[1] == device]:
+            del cache[old]
+        found = cache[key] = _Weights(network, k, device)
+    return found
+
+
 def _contiguous_state(state: Dict, keys: Sequence[str]) -> None:
     """The kernels index state tensors flat: make them contiguous (a no-op for the optimizer's own)."""
     for key in keys:
@@ -124,7 +138,7 @@ def learned_update(params: List[torch.Tensor], grads: List[torch.Tensor], states
     """Triton CELO2 learned-path update (accumulators included) of tensors of one group on one device.
 
     The signature of :func:`pylo.optim.celo2_fused.learned_update` (``chunk`` and
-    ``workspaces`` are unused: the kernels work in blocks of :data:`BLOCK`).
+    ``workspaces`` only caches the kernels' copy of the network: the kernels work in blocks of :data:`BLOCK`).
     ``states`` already hold the accumulators; each tensor's step count is incremented.
     """
     if not params:
@@ -143,7 +157,7 @@ def learned_update(params: List[torch.Tensor], grads: List[torch.Tensor], states
     rms_b, fac_b = rms_d.clamp(0.0, 1.0), fac_d.clamp(0.0, 1.0)
     # [b_mom, b_rms, b_fac, 1-b_mom, 1-b_rms, 1-b_fac] on the device (float32 arithmetic, no host sync)
     dec = torch.cat([mom_d, rms_b, fac_b, 1 - mom_d, 1 - rms_b, 1 - fac_b]).to(torch.float32).contiguous()
-    weights = _Weights(network, k, device)
+    weights = _weights(network, k, device, workspaces)
     width = weights.width
     clip = 0.0 if grad_clip_val is None else float(grad_clip_val)
     decay = bool(weight_decay) or not skip_zero_decay
