@@ -171,3 +171,16 @@ def test_triton_follows_in_place_changes_of_the_network():
     run(opt_ref, ref, 2)
     run(opt_got, got, 2)
     assert_close(ref, got)
+
+
+def test_auto_takes_triton_on_cuda_only_for_decay_counts_the_kernels_implement():
+    pytest.importorskip("triton")
+    named = params({"w": (3, 2)})
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    opt = CELO2_naive(named, network=network(), backend="auto")
+    assert opt.backend_for(opt.param_groups[0], cpu) == "fused"
+    assert opt.backend_for(opt.param_groups[0], cuda) == "triton"
+    opt = CELO2_naive(params({"w": (3, 2)}), network=network(feature_dims=feature_widths(3, 2, 3)), backend="auto",
+                      initial_rms_decays=(0.9, 0.95))
+    assert opt.backend_for(opt.param_groups[0], cuda) == "fused"
+    assert opt.backend_for({**opt.param_groups[0], "backend": "triton"}, cuda) == "triton"  # asked for: its error

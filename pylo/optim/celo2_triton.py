@@ -41,7 +41,7 @@ from pylo.kernels import axis_strides, require_triton
 from pylo.optim.celo2_fused import (NORMALIZER_EPS, adamw_update, matrix_table_sumsq,  # noqa: F401  re-exported
                                     orthogonalize_and_scale, shared_adamw_update)
 
-__all__ = ["learned_update", "adamw_update", "shared_adamw_update", "channel_order", "supports"]
+__all__ = ["learned_update", "adamw_update", "shared_adamw_update", "channel_order", "unsupported"]
 
 BLOCK = 128
 #: int32 index arithmetic is exact below this many state entries (``K * numel``)
@@ -65,9 +65,9 @@ def per_element_channels(k: int, factored: bool) -> int:
     return 6 + k * (4 if factored else 3)
 
 
-def supports(decays: Sequence[torch.Tensor]) -> Optional[str]:
-    """Why the kernels cannot run these decays (None when they can)."""
-    counts = tuple(d.numel() for d in decays)
+def unsupported(counts: Sequence[int]) -> Optional[str]:
+    """Why the kernels cannot run these (momentum, RMS, Adafactor) decay counts (None when they can)."""
+    counts = tuple(int(c) for c in counts)
     if counts[1] != 1 or counts[0] != counts[2] or counts[0] < 1:
         return (f"the triton CELO2 kernels implement K momentum decays, one RMS decay and K Adafactor decays; got "
                 f"{counts} (momentum, RMS, Adafactor); use backend='fused'")
@@ -149,7 +149,7 @@ def learned_update(params: List[torch.Tensor], grads: List[torch.Tensor], states
 
     device = params[0].device
     require_triton(device)
-    why = supports(decays)
+    why = unsupported([d.numel() for d in decays])
     if why:
         raise ValueError(why)
     mom_d, rms_d, fac_d = decays
