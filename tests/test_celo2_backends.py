@@ -15,13 +15,14 @@ from pylo.models import CELO2MLP
 from pylo.optim import CELO2_naive, ELO_CELO2_naive
 from pylo.optim.celo2 import feature_widths
 
-from helpers import DEVICE, FAST, assert_close, params
+from helpers import DEVICE, FAST, assert_close, assert_resumes, assert_same_state, assert_triton_needs_a_gpu, params
 
 CLASSES = {"celo2": CELO2_naive, "elo_celo2": ELO_CELO2_naive}
 #: every rank the learned path receives (with use_adamw_for_1d=False): 0-D, 1-D, wide/tall 2-D, 3-D, a conv kernel
 RANKS = {"scalar": (), "vector": (7,), "wide": (5, 9), "tall": (9, 4), "size1": (1, 5), "rank3": (3, 4, 5),
          "conv": (6, 4, 3, 2)}
-TRITON = pytest.mark.skipif(not triton_available(torch.device(DEVICE)), reason="triton needs CUDA or TRITON_INTERPRET=1")
+TRITON = pytest.mark.skipif(not triton_available(torch.device(DEVICE)),
+                            reason="triton needs CUDA or TRITON_INTERPRET=1")
 
 
 def network(seed=0, **geometry):
@@ -60,11 +61,7 @@ def compare(backend, shapes, kind="celo2", steps=3, dtype=torch.float32, net=Non
 def test_every_rank_through_the_learned_path_matches_naive(kind, backend):
     ref, got, opt_ref, opt_got = compare(backend, RANKS, kind, use_adamw_for_1d=False)
     assert_close(ref, got)
-    for (_, p), (_, q) in zip(ref, got):  # the same state layout: checkpoints move between backends
-        a, b = opt_ref.state[p], opt_got.state[q]
-        assert a.keys() == b.keys()
-        for key in a:
-            torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-6, msg=key)
+    assert_same_state(opt_ref, ref, opt_got, got)
 
 
 @pytest.mark.parametrize("backend", FAST)
@@ -135,24 +132,16 @@ def test_state_moves_between_triton_and_naive():
     a, b = params(shapes), params(shapes)
     opt_a = CELO2_naive(a, network=net, backend="triton", use_adamw_for_1d=False)
     run(opt_a, a, 2)
-    opt_b = CELO2_naive(b, network=net, backend="naive", use_adamw_for_1d=False)
-    with torch.no_grad():
-        for (_, p), (_, q) in zip(a, b):
-            q.copy_(p)
-    opt_b.load_state_dict(opt_a.state_dict())
-    run(opt_a, a, 2)
-    run(opt_b, b, 2)
-    assert_close(b, a)
+    assert_resumes(opt_a, a, CELO2_naive(b, network=net, backend="naive", use_adamw_for_1d=False), b, run)
 
 
 def test_triton_needs_a_gpu_or_the_interpreter(monkeypatch):
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    if torch.cuda.is_available():
-        pytest.skip("a GPU is present")
-    named = params({"w": (3, 2)})
-    opt = CELO2_naive(named, network=network(), backend="triton")
-    with pytest.raises(RuntimeError, match="backend='fused' on CPU"):
-        run(opt, named, 1)
+    def make_step():
+        named = params({"w": (3, 2)})
+        opt = CELO2_naive(named, network=network(), backend="triton")
+        return lambda: run(opt, named, 1)
+
+    assert_triton_needs_a_gpu(monkeypatch, make_step)
 
 
 @TRITON
