@@ -38,8 +38,8 @@ from pylo.core.chunked import DEFAULT_CHUNK
 from pylo.core.fused import adafactor_tables
 from pylo.core.layout import to_work
 from pylo.kernels import axis_strides, require_triton
-from pylo.optim.celo2_fused import (NORMALIZER_EPS, adamw_update, matrix_table_sumsq,  # noqa: F401  re-exported
-                                    orthogonalize_and_scale, shared_adamw_update)
+from pylo.optim.celo2_fused import NORMALIZER_EPS, matrix_table_sumsq, orthogonalize_and_scale
+from pylo.optim.celo2_fused import adamw_update, shared_adamw_update  # noqa: F401  the AdamW paths, re-exported
 
 __all__ = ["learned_update", "adamw_update", "shared_adamw_update", "channel_order", "unsupported"]
 
@@ -137,8 +137,8 @@ def learned_update(params: List[torch.Tensor], grads: List[torch.Tensor], states
                    workspaces: Optional[Dict] = None) -> None:
     """Triton CELO2 learned-path update (accumulators included) of tensors of one group on one device.
 
-    The signature of :func:`pylo.optim.celo2_fused.learned_update` (``chunk`` and
-    ``workspaces`` only caches the kernels' copy of the network: the kernels work in blocks of :data:`BLOCK`).
+    The signature of :func:`pylo.optim.celo2_fused.learned_update`: ``chunk`` is unused (the kernels
+    work in blocks of :data:`BLOCK`), ``workspaces`` caches the kernels' copy of the network.
     ``states`` already hold the accumulators; each tensor's step count is incremented.
     """
     if not params:
