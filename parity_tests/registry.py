@@ -276,7 +276,7 @@ def _constant_lr(lr: float) -> Dict[str, float]:
 
 #: CELO2 and ELO-CELO2 run every backend; in parity runs the fused backend's tiny chunks also put every fixture
 #: matrix through the in-place Newton-Schulz with 2-row blocks (``pylo.optim.celo2_fused``)
-CELO2_BACKENDS = {k: v for k, v in ADAFAC_BACKENDS.items() if k != "triton"}
+CELO2_BACKENDS = ADAFAC_BACKENDS
 
 
 def _celo2_network() -> torch.nn.Module:
@@ -302,6 +302,7 @@ CELO2 = OptimizerInfo(
     make_reference=_celo2_reference,
     backends=CELO2_BACKENDS,
     parity_overrides=SMALL_CHUNKS,
+    interpreter_configs=("all-mlp",),
     make_network=_celo2_network,
     configs=(
         ParityConfig("celo2", "CELO2, lr 0.01, wd 0.1, adam_lr_mult 2, grads beyond the +-1000 clamp",
@@ -345,6 +346,7 @@ ELO_CELO2 = OptimizerInfo(
     make_reference=_elo_celo2_reference,
     backends=CELO2_BACKENDS,
     parity_overrides=SMALL_CHUNKS,
+    interpreter_configs=("noclip",),
     make_network=_celo2_network,
     configs=(
         ParityConfig("defaults", "published defaults (lr 1e-3, wd 0.1, global-norm clipping), adam_lr_mult 20",

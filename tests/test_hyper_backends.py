@@ -16,12 +16,10 @@ from pylo.models.hyper_network import HyperNetwork
 from pylo.optim import Celo, Celo_naive, VeLO, VeLO_naive
 from pylo.optim.hyper import DEFAULT_CHUNK, resolve_backend
 
+from helpers import DEVICE, FAST, assert_close, assert_resumes, assert_same_state, assert_triton_needs_a_gpu, params
+
 RANKS = {"scalar": (), "vector": (7,), "matrix": (5, 9), "size1": (1, 5), "rank3": (3, 4, 5),
          "conv": (6, 4, 3, 2), "rank5": (2, 1, 3, 1, 4), "rank5b": (2, 3, 2, 3, 2)}
-FAST = ["fused", pytest.param("triton", marks=pytest.mark.skipif(
-    not triton_available(torch.device("cuda" if torch.cuda.is_available() else "cpu")),
-    reason="triton needs CUDA or TRITON_INTERPRET=1"))]
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def network(kind="velo", seed=0, std=0.1, **geometry):
@@ -35,12 +33,6 @@ def make(kind, named, net, **kw):
     if kind == "velo":
         return VeLO_naive(named, network=net, num_steps=50, **kw)
     return Celo_naive(named, 50, network=net, **kw)
-
-
-def params(shapes, dtype=torch.float32, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return [(n, torch.nn.Parameter((0.5 * torch.randn(s, generator=g)).to(dtype).to(DEVICE)))
-            for n, s in shapes.items()]
 
 
 def run(opt, named, steps):
@@ -61,19 +53,6 @@ def compare(kind, shapes, backend, steps=4, dtype=torch.float32, net=None, chunk
     run(opt_ref, ref, steps)
     run(opt_got, got, steps)
     return ref, got, opt_ref, opt_got
-
-
-def assert_close(ref, got, atol=1e-6):
-    """float32 parameters within ``atol``; low-precision ones within one final rounding of naive's."""
-    for (n, p), (_, q) in zip(ref, got):
-        a, b = p.detach().float(), q.detach().float()
-        if p.dtype == torch.float32:
-            torch.testing.assert_close(b, a, rtol=0, atol=atol, msg=n)
-            continue
-        assert q.dtype == p.dtype
-        ulp = torch.finfo(p.dtype).eps * a.abs().clamp_min(torch.finfo(p.dtype).tiny)
-        assert ((a - b).abs() <= ulp).all(), n  # float32 round-off may flip one final rounding
-        assert (a == b).float().mean() > 0.9, n
 
 
 # ------------------------------------------------------------------ selection
@@ -115,14 +94,12 @@ def test_bad_backend_arguments(kw, match):
 
 
 def test_triton_needs_a_gpu_or_the_interpreter(monkeypatch):
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    if torch.cuda.is_available():
-        pytest.skip("a GPU is present")
-    named = params({"w": (3, 2)})
-    opt = make("velo", named, network(), backend="triton")
-    run_one = lambda: run(opt, named, 1)  # noqa: E731
-    with pytest.raises(RuntimeError, match="backend='fused' on CPU"):
-        run_one()
+    def make_step():
+        named = params({"w": (3, 2)})
+        opt = make("velo", named, network(), backend="triton")
+        return lambda: run(opt, named, 1)
+
+    assert_triton_needs_a_gpu(monkeypatch, make_step)
 
 
 # ------------------------------------------------------------------ numerics
@@ -131,11 +108,7 @@ def test_triton_needs_a_gpu_or_the_interpreter(monkeypatch):
 def test_every_rank_matches_naive(kind, backend):
     ref, got, opt_ref, opt_got = compare(kind, RANKS, backend, chunk_size=7)
     assert_close(ref, got)
-    for (_, p), (_, q) in zip(ref, got):  # the same state layout: checkpoints move between backends
-        a, b = opt_ref.state[p], opt_got.state[q]
-        assert a.keys() == b.keys()
-        for key in a:
-            torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-6, msg=key)
+    assert_same_state(opt_ref, ref, opt_got, got)
 
 
 def test_conv_kernels_in_jax_layout():
@@ -222,14 +195,7 @@ def test_state_moves_between_backends():
     a, b = params(RANKS), params(RANKS)
     opt_a = make("velo", a, net, backend="fused", chunk_size=9)
     run(opt_a, a, 3)
-    opt_b = make("velo", b, net, backend="naive")
-    with torch.no_grad():
-        for (_, p), (_, q) in zip(a, b):
-            q.copy_(p)
-    opt_b.load_state_dict(opt_a.state_dict())
-    run(opt_a, a, 2)
-    run(opt_b, b, 2)
-    assert_close(b, a)
+    assert_resumes(opt_a, a, make("velo", b, net, backend="naive"), b, run)
 
 
 # ------------------------------------------------------------------ memory

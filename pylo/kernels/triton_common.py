@@ -20,9 +20,38 @@ def store_rounded(ptr, x, mask):
         tl.store(ptr, x.to(ptr.dtype.element_ty), mask=mask)
 
 
-
 @triton.jit
 def load3(ptr, j, mask, other):
     """Entries ``3j``, ``3j+1``, ``3j+2`` (three decays stored last) of a float32 table."""
     return (tl.load(ptr + 3 * j, mask=mask, other=other), tl.load(ptr + 3 * j + 1, mask=mask, other=other),
             tl.load(ptr + 3 * j + 2, mask=mask, other=other))
+
+
+#: the ``ACT`` code of :func:`activation` for each activation name
+ACTIVATION_CODES = {"relu": 0, "tanh": 1}
+
+
+@triton.jit
+def activation(x, ACT: tl.constexpr):
+    """``relu`` (``ACT == 0``) or ``tanh`` (``ACT == 1``; by ``exp``, as the interpreter has no libdevice:
+    within a few float32 ulps of 1 of ``torch.tanh``)."""
+    if ACT == 0:
+        y = tl.maximum(x, 0.0)
+    else:
+        e = tl.exp(-2.0 * tl.abs(x))
+        t = (1.0 - e) / (1.0 + e)
+        y = tl.where(x < 0.0, -t, t)
+    return y
+
+
+@triton.jit
+def dense(h, w_ptr, b_ptr, H: tl.constexpr, ACT: tl.constexpr):
+    """``act(h @ W + b)`` for an ``(H, H)`` (in, out) weight: ``tl.dot`` (IEEE float32) when H >= 16,
+    else a broadcast product."""
+    rows = tl.arange(0, H)
+    w = tl.load(w_ptr + rows[:, None] * H + rows[None, :])
+    if H >= 16:
+        h = tl.dot(h, w, input_precision="ieee")
+    else:
+        h = tl.sum(h[:, :, None] * w[None, :, :], axis=1)
+    return activation(h + tl.load(b_ptr + rows)[None, :], ACT)

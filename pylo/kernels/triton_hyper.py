@@ -31,7 +31,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from pylo.kernels.triton_common import load3, store_rounded
+from pylo.kernels.triton_common import dense, load3, store_rounded
 
 N_ELEM = 18  # features built per element for a factored tensor
 N_ALL = 30   # every feature (rank < 2 tensors)
@@ -116,18 +116,6 @@ def _pass1(p_ptr, g_ptr, m_ptr, rms_ptr, diag_ptr, rowfac_ptr, colfac_ptr, parti
 
 
 @triton.jit
-def _dense(h, w_ptr, b_ptr, H: tl.constexpr):
-    """``relu(h @ W + b)`` for an ``(H, H)`` (in, out) weight: ``tl.dot`` (IEEE float32) when H >= 16."""
-    rows = tl.arange(0, H)
-    w = tl.load(w_ptr + rows[:, None] * H + rows[None, :])
-    if H >= 16:
-        h = tl.dot(h, w, input_precision="ieee")
-    else:
-        h = tl.sum(h[:, :, None] * w[None, :, :], axis=1)
-    return tl.maximum(h + tl.load(b_ptr + rows)[None, :], 0.0)
-
-
-@triton.jit
 def _pass2(p_ptr, g_ptr, m_ptr, rms_ptr, diag_ptr, rowfac_ptr, colfac_ptr,
            w0_ptr, b0_ptr, rowtab_ptr, coltab_ptr, wh_ptr, bh_ptr, wo_ptr, bo_ptr, scale_ptr, lr_mult_ptr,
            n, inner0, span0, inner1, span1, exp_mult, step_mult, lr, weight_decay,
@@ -160,7 +148,7 @@ def _pass2(p_ptr, g_ptr, m_ptr, rms_ptr, diag_ptr, rowfac_ptr, colfac_ptr,
         h += feats[c][:, None] * tl.load(w0_ptr + c * H + cols)[None, :]
     h = tl.maximum(h, 0.0)
     for layer in tl.static_range(HIDDEN_LAYERS):
-        h = _dense(h, wh_ptr + layer * H * H, bh_ptr + layer * H, H)
+        h = dense(h, wh_ptr + layer * H * H, bh_ptr + layer * H, H, 0)  # relu
     direction = tl.sum(h * tl.load(wo_ptr + cols)[None, :], axis=1) + tl.load(bo_ptr)
     magnitude = tl.sum(h * tl.load(wo_ptr + H + cols)[None, :], axis=1) + tl.load(bo_ptr + 1)
     step = direction * (tl.load(scale_ptr) * tl.exp(magnitude * exp_mult)) * step_mult

@@ -311,12 +311,20 @@ class Celo2Family(LearnedOptimizer):
     # ------------------------------------------------------------------ helpers
     @staticmethod
     def backend_for(group, device: torch.device) -> str:
-        """The group's backend on ``device``: ``"auto"`` is triton on CUDA (when available), else fused;
-        unset (the published API's ``foreach=None``) is foreach on CUDA, else naive."""
+        """The group's backend on ``device``: ``"auto"`` is triton on CUDA (when available and the kernels
+        implement the group's decay counts), else fused; unset (the published API's ``foreach=None``) is
+        foreach on CUDA, else naive."""
         backend = group.get("backend")
         if backend is None:
             return "foreach" if device.type == "cuda" else "naive"
-        return resolve_backend(backend, device)
+        resolved = resolve_backend(backend, device)
+        if backend == "auto" and resolved == "triton":
+            from pylo.optim.celo2_triton import unsupported
+
+            counts = tuple(len(group[f"initial_{k}_decays"]) for k in ("momentum", "rms", "adafactor"))
+            if unsupported(counts):
+                return "fused"
+        return resolved
 
     @staticmethod
     def routes_to_adamw(group, p: torch.Tensor, name: Optional[str]) -> bool:

@@ -124,23 +124,30 @@ class _Tensor:
         self.matrix_numel = self.p.numel() // max(self.matrices, 1)
 
     def table_sumsq(self) -> torch.Tensor:
-        """``(matrices, 12)``: per matrix, the sums of squares of the four broadcast table groups.
+        """``(matrices, 12)``: per matrix, the sums of squares of the four broadcast table groups."""
+        return matrix_table_sumsq(self.tables, self.shape)
 
-        A table repeats along the axis it was reduced over: inside a matrix (one of
-        the last two axes) that multiplies its sum, across matrices it repeats it.
-        """
-        d1, d0 = self.dims
-        rank = len(self.shape)
-        norm_axes = (rank - 2, rank - 1)
-        out = []
-        for name in TABLE_NAMES:
-            t = self.tables[name]
-            axis = d0 if name in ("v_row", "row_rsqrt") else d1
-            sq = (t * t).unsqueeze(axis).sum(dim=norm_axes)
-            if axis in norm_axes:
-                sq = sq * self.shape[axis]
-            out.append(sq.expand(self.shape[:-2] + (t.shape[-1],)).reshape(-1, t.shape[-1]))
-        return torch.cat(out, dim=1)
+
+def matrix_table_sumsq(tables: Dict, shape: Sequence[int]) -> torch.Tensor:
+    """``(matrices, 4k)``: per matrix of the last two axes, the sums of squares of the broadcast table groups
+    (:data:`TABLE_NAMES`, concatenated).
+
+    A table repeats along the axis it was reduced over: inside a matrix (one of
+    the last two axes) that multiplies its sum, across matrices it repeats it.
+    """
+    shape = tuple(shape)
+    d1, d0 = tables["dims"]
+    rank = len(shape)
+    norm_axes = (rank - 2, rank - 1)
+    out = []
+    for name in TABLE_NAMES:
+        t = tables[name]
+        axis = d0 if name in ("v_row", "row_rsqrt") else d1
+        sq = (t * t).unsqueeze(axis).sum(dim=norm_axes)
+        if axis in norm_axes:
+            sq = sq * shape[axis]
+        out.append(sq.expand(shape[:-2] + (t.shape[-1],)).reshape(-1, t.shape[-1]))
+    return torch.cat(out, dim=1)
 
 
 def _load_grad(x: torch.Tensor, t: _Tensor, idx) -> torch.Tensor:
@@ -219,6 +226,25 @@ def _row_sumsq(x: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(x, dim=1).square()
 
 
+def orthogonalize_and_scale(step: torch.Tensor, cfg, matrices: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Newton-Schulz over the last two axes of a whole float32 step (work layout), then the output normaliser.
+
+    Small matrices are batched exactly as the naive path does, large ones
+    orthogonalised in place with symmetric block products
+    (:func:`pylo.core.orthogonalize.newton_schulz_`, two ``r x r`` buffers).
+    Returns the step and ``rsqrt(eps + mean(step**2))`` per matrix (``(matrices,)``).
+    """
+    shape = tuple(step.shape)
+    matrix_numel = step.numel() // max(matrices, 1)
+    if cfg.orthogonalize and len(shape) >= 2:
+        if matrix_numel < NS_IN_PLACE_MIN:
+            step = newton_schulz(step, cfg.ns_coeffs, cfg.ns_iters, cfg.ns_eps)
+        else:
+            for mat in step.view(-1, *shape[-2:]).unbind(0):
+                newton_schulz_(mat, cfg.ns_coeffs, cfg.ns_iters, cfg.ns_eps, block=NS_BLOCK)
+    return step, torch.rsqrt(NORMALIZER_EPS + _row_sumsq(step.reshape(matrices, -1)) / matrix_numel)
+
+
 def learned_update(params: List[torch.Tensor], grads: List[torch.Tensor], states: List[Dict], *, network,
                    decays: Sequence[torch.Tensor], cfg, lr: float, weight_decay: float, grad_clip_val: Optional[float],
                    kernel_layout: str, skip_zero_decay: bool = True, chunk: int = DEFAULT_CHUNK,
@@ -243,7 +269,6 @@ def learned_update(params: List[torch.Tensor], grads: List[torch.Tensor], states
     first_scratch = sum(widths)  # rows after the features: scratch for the accumulators and the update
     ws = Workspace.get(workspaces if workspaces is not None else {}, chunk, first_scratch + 1 + k_max, hidden, 2,
                        device)
-    a_ns = cfg.ns_coeffs
 
     for p, g, state in zip(params, grads, states):
         t = _Tensor(p, g, state, kernel_layout, fac_b, grad_clip_val, widths)
@@ -286,13 +311,7 @@ def learned_update(params: List[torch.Tensor], grads: List[torch.Tensor], states
             torch.mul(out[0], mag, out=step[idx].view(count))
 
         # Newton-Schulz over the last two axes
-        if cfg.orthogonalize and len(t.shape) >= 2:
-            if t.matrix_numel < NS_IN_PLACE_MIN:
-                step = newton_schulz(step, a_ns, cfg.ns_iters, cfg.ns_eps)
-            else:
-                for mat in step.view(-1, *t.matrix).unbind(0):
-                    newton_schulz_(mat, a_ns, cfg.ns_iters, cfg.ns_eps, block=NS_BLOCK)
-        out_scale = torch.rsqrt(NORMALIZER_EPS + _row_sumsq(step.reshape(t.matrices, -1)) / t.matrix_numel)
+        step, out_scale = orthogonalize_and_scale(step, cfg, t.matrices)
 
         # pass 3: output normalisation, decay, lr, update
         for mat, idx, count in matrix_slabs(t.shape, chunk):
