@@ -122,6 +122,7 @@ def _meta_mlp_network() -> torch.nn.Module:
 
 ADAFACLO = OptimizerInfo(
     name="adafaclo",
+    interpreter_configs=("mulo-size",),
     torch_class=AdafacLO_naive,
     make_torch=_adafaclo_torch,
     make_reference=_adafaclo_reference,
@@ -138,6 +139,7 @@ ADAFACLO = OptimizerInfo(
 
 MULO = OptimizerInfo(
     name="mulo",
+    interpreter_configs=("clip",),
     torch_class=MuLO_naive,
     make_torch=_mulo_torch,
     make_reference=_mulo_reference,
@@ -385,6 +387,7 @@ ELO_SIZE = dict(hidden_size=32, hidden_layers=2)
 
 ELO = OptimizerInfo(
     name="elo",
+    interpreter_configs=("clip",),
     torch_class=ELO_naive,
     make_torch=_elo_torch,
     make_reference=_elo_reference,
