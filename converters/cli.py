@@ -30,6 +30,7 @@ examples:
   pylo-convert inspect ~/ckpt/celo/theta.state
   pylo-convert mulo_theta.pickle ./mulo --optimizer mulo
   pylo-convert ./mulo ./theta.state --to jax
+  pylo-convert ./VeLO_RNN ./velo --optimizer velo --mlp ./VeLO_MLP
 """
 
 
@@ -47,6 +48,9 @@ def _convert_parser() -> argparse.ArgumentParser:
                    help="torch: pylo folder (default); jax: upstream flax msgpack")
     p.add_argument("--container", choices=CONTAINERS, default="auto",
                    help="--to jax: top-level layout (auto: the one the checkpoint came from, else bare theta)")
+    p.add_argument("--mlp", metavar="FOLDER",
+                   help="VeLO's published hub pair: SRC is the VeLO_RNN folder, FOLDER the VeLO_MLP folder; "
+                        "DST holds both")
     p.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
     return p
 
@@ -68,12 +72,14 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(list_known())
             return 0
         args = _convert_parser().parse_args(argv)
+        if args.to == "jax" and args.mlp:
+            _convert_parser().error("--mlp reads VeLO's hub pair into a pylo folder; convert that folder --to jax")
         if args.to == "jax":
             out = to_jax(args.src, args.dst, args.optimizer, container=args.container, overwrite=args.overwrite)
         else:
             if args.optimizer is None:
                 _convert_parser().error("--optimizer is required when converting to torch")
-            out = convert(args.src, args.dst, args.optimizer, overwrite=args.overwrite)
+            out = convert(args.src, args.dst, args.optimizer, overwrite=args.overwrite, mlp=args.mlp)
         print(f"wrote {out}")
         return 0
     except (PyloError, OSError) as e:

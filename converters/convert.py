@@ -29,15 +29,38 @@ def _family_of_torch_source(source: Source, optimizer: Optional[str]) -> Family:
     return fam
 
 
-def convert(src, dst, optimizer: str, *, overwrite: bool = False) -> Path:
+def _hub_pair(rnn_src, mlp_src, optimizer: str) -> Source:
+    """The published VeLO hub pair (``VeLO_RNN`` + ``VeLO_MLP`` folders) as one torch source."""
+    from pylo.models.hyper_network import merge_hub_parts
+
+    if optimizer != "velo":
+        raise CheckpointError(f"--mlp is for VeLO's published VeLO_RNN + VeLO_MLP folders, not {optimizer!r}")
+    parts = [read_source(p) for p in (rnn_src, mlp_src)]
+    for part in parts:
+        if part.is_jax:
+            raise CheckpointError(f"{part.path}: --mlp pairs two PyTorchModelHubMixin folders; this is a "
+                                  "JAX checkpoint (convert it alone)")
+    merged = merge_hub_parts([part.checkpoint for part in parts])
+    source = Source(merged.origin, "torch", checkpoint=merged)
+    source.meta["files"] = [Path(part.path).name for part in parts]
+    return source
+
+
+def convert(src, dst, optimizer: str, *, overwrite: bool = False, mlp=None) -> Path:
     """Convert ``src`` (any supported input) to a pylo checkpoint folder ``dst``.
 
+    ``mlp``: for VeLO's published hub pair, ``src`` is the ``VeLO_RNN`` folder and
+    ``mlp`` the ``VeLO_MLP`` folder; ``dst`` then holds both parts in one folder.
     Returns the folder. Nothing is written if any check fails.
     """
     fam = family_for(optimizer)
-    source = read_source(src)
+    source = read_source(src) if mlp is None else _hub_pair(src, mlp, optimizer)
     training: Dict = {}
-    if source.is_jax:
+    if mlp is not None:
+        config, tensors = fam.to_torch(fam.to_jax(source.checkpoint.config, source.checkpoint.tensors, source.path),
+                                       source.path)
+        origin = {"format": "PyLO hub pair (VeLO_RNN + VeLO_MLP)", "files": source.meta["files"]}
+    elif source.is_jax:
         config, tensors = fam.to_torch(source.theta, source.path)
         origin = {"format": source.format, "container": source.container, **source.meta,
                   "file": Path(source.path).name}

@@ -149,3 +149,35 @@ def test_pylo_folder_round_trip(tmp_path):
     opt = VeLO(params(), checkpoint_path=str(tmp_path / "velo"))
     assert_same_network(opt.network, net)
     assert_same_network(HyperNetwork.from_pretrained(tmp_path / "velo"), net)
+
+
+def test_pylo_convert_joins_the_published_pair_into_one_folder(tmp_path, capsys):
+    from pylo.converters.cli import main as convert_main
+
+    net = seeded_network(3)
+    (rnn, rnn_cfg), (mlp, mlp_cfg) = published_parts(net)
+    rnn_dir = write_folder(tmp_path / "VeLO_RNN", rnn, rnn_cfg)
+    mlp_dir = write_folder(tmp_path / "VeLO_MLP", mlp, mlp_cfg)
+    out = tmp_path / "velo"
+    assert convert_main([str(rnn_dir), str(out), "--optimizer", "velo", "--mlp", str(mlp_dir)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+    opt = VeLO(params(), checkpoint_path=str(out), num_steps=100)
+    assert_same_network(opt.network, net)
+    pair = VeLO(params(), hf_key_rnn=str(rnn_dir), hf_key_mlp=str(mlp_dir), num_steps=100)
+    ps_a, ps_b = params(), params()
+    train(VeLO(ps_a, checkpoint_path=str(out), num_steps=100), ps_a)
+    train(VeLO(ps_b, network=pair.network, num_steps=100), ps_b)
+    assert all(torch.equal(a, b) for a, b in zip(ps_a, ps_b))
+
+
+def test_pylo_convert_hub_pair_refuses_swapped_or_wrong_inputs(tmp_path, capsys):
+    from pylo.converters.cli import main as convert_main
+
+    (rnn, rnn_cfg), (mlp, mlp_cfg) = published_parts(seeded_network(4))
+    rnn_dir = write_folder(tmp_path / "VeLO_RNN", rnn, rnn_cfg)
+    mlp_dir = write_folder(tmp_path / "VeLO_MLP", mlp, mlp_cfg)
+    out = tmp_path / "velo"
+    assert convert_main([str(mlp_dir), str(out), "--optimizer", "velo", "--mlp", str(rnn_dir)]) == 1
+    assert "not a VeLO_RNN" in capsys.readouterr().err and not out.exists()
+    assert convert_main([str(rnn_dir), str(out), "--optimizer", "celo", "--mlp", str(mlp_dir)]) == 1
+    assert "--mlp is for VeLO" in capsys.readouterr().err and not out.exists()
