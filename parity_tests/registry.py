@@ -8,6 +8,8 @@ and its fixture configs. Adding an optimizer means adding an entry here.
 
 from __future__ import annotations
 
+import importlib
+
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -70,14 +72,21 @@ class OptimizerInfo:
 
 
 # ============================================================== AdafacLO, MuLO
-def _adafaclo_torch(named: NamedParams, ckpt: str, config: ParityConfig, backend: Mapping) -> torch.optim.Optimizer:
-    return AdafacLO_naive(named, checkpoint_path=ckpt, **config.torch_kwargs, **backend)
+def _from_checkpoint(cls) -> Callable:
+    """``make_torch`` for an optimizer built from the converted checkpoint, the config's kwargs and the backend's."""
+    def make(named: NamedParams, ckpt: str, config: ParityConfig, backend: Mapping) -> torch.optim.Optimizer:
+        return cls(named, checkpoint_path=ckpt, **config.torch_kwargs, **backend)
+
+    return make
 
 
-def _adafaclo_reference(config: ParityConfig):
-    from pylo.reference_jax.adafac_mlp_lopt import AdafacMLPLOpt
+def _reference(module: str, name: str) -> Callable:
+    """``make_reference`` for ``pylo.reference_jax.<module>.<name>(**config.reference_kwargs)``, imported lazily
+    (JAX is an optional extra)."""
+    def make(config: ParityConfig):
+        return getattr(importlib.import_module(f"pylo.reference_jax.{module}"), name)(**config.reference_kwargs)
 
-    return AdafacMLPLOpt(**config.reference_kwargs)
+    return make
 
 
 def _mulo_torch(named: NamedParams, ckpt: str, config: ParityConfig, backend: Mapping) -> torch.optim.Optimizer:
@@ -93,12 +102,6 @@ def _mulo_torch(named: NamedParams, ckpt: str, config: ParityConfig, backend: Ma
 def _base_shape(shape) -> Tuple[int, ...]:
     """A narrower 'base model' shape: every dimension of size >= 4 halved (those become μP-infinite)."""
     return tuple(s // 2 if s >= 4 else s for s in shape)
-
-
-def _mulo_reference(config: ParityConfig):
-    from pylo.reference_jax.adafac_mlp_lopt import MuAdafacMLPLOpt
-
-    return MuAdafacMLPLOpt(**config.reference_kwargs)
 
 
 def _mulo_extras(opt: torch.optim.Optimizer, named: NamedParams) -> Dict:
@@ -124,8 +127,8 @@ ADAFACLO = OptimizerInfo(
     name="adafaclo",
     interpreter_configs=("mulo-size",),
     torch_class=AdafacLO_naive,
-    make_torch=_adafaclo_torch,
-    make_reference=_adafaclo_reference,
+    make_torch=_from_checkpoint(AdafacLO_naive),
+    make_reference=_reference("adafac_mlp_lopt", "AdafacMLPLOpt"),
     backends=ADAFAC_BACKENDS,
     parity_overrides=SMALL_CHUNKS,
     make_network=_meta_mlp_network,
@@ -142,7 +145,7 @@ MULO = OptimizerInfo(
     interpreter_configs=("clip",),
     torch_class=MuLO_naive,
     make_torch=_mulo_torch,
-    make_reference=_mulo_reference,
+    make_reference=_reference("adafac_mlp_lopt", "MuAdafacMLPLOpt"),
     reference_extras=_mulo_extras,
     backends=ADAFAC_BACKENDS,
     parity_overrides=SMALL_CHUNKS,
@@ -172,12 +175,6 @@ def _velo_reference(config: ParityConfig):
 
 def _celo_torch(named: NamedParams, ckpt: str, config: ParityConfig, backend: Mapping) -> torch.optim.Optimizer:
     return Celo_naive(named, num_steps=config.num_steps, checkpoint_path=ckpt, **config.torch_kwargs, **backend)
-
-
-def _celo_reference(config: ParityConfig):
-    from pylo.reference_jax.celo import Celo
-
-    return Celo(**config.reference_kwargs)
 
 
 RELEASED_VELO_FLAGS = dict(use_bugged_loss_features=False, use_bugged_next_lstm_state=False)
@@ -241,7 +238,7 @@ CELO = OptimizerInfo(
     name="celo",
     torch_class=Celo_naive,
     make_torch=_celo_torch,
-    make_reference=_celo_reference,
+    make_reference=_reference("celo", "Celo"),
     needs_loss=True,
     backends=HYPER_BACKENDS,
     parity_overrides=SMALL_CHUNKS,
@@ -287,21 +284,11 @@ def _celo2_network() -> torch.nn.Module:
     return CELO2MLP()
 
 
-def _celo2_torch(named: NamedParams, ckpt: str, config: ParityConfig, backend: Mapping) -> torch.optim.Optimizer:
-    return CELO2_naive(named, checkpoint_path=ckpt, **config.torch_kwargs, **backend)
-
-
-def _celo2_reference(config: ParityConfig):
-    from pylo.reference_jax.celo2 import Celo2LOpt
-
-    return Celo2LOpt(**config.reference_kwargs)
-
-
 CELO2 = OptimizerInfo(
     name="celo2",
     torch_class=CELO2_naive,
-    make_torch=_celo2_torch,
-    make_reference=_celo2_reference,
+    make_torch=_from_checkpoint(CELO2_naive),
+    make_reference=_reference("celo2", "Celo2LOpt"),
     backends=CELO2_BACKENDS,
     parity_overrides=SMALL_CHUNKS,
     interpreter_configs=("all-mlp",),
@@ -331,21 +318,11 @@ CELO2 = OptimizerInfo(
 )
 
 
-def _elo_celo2_torch(named: NamedParams, ckpt: str, config: ParityConfig, backend: Mapping) -> torch.optim.Optimizer:
-    return ELO_CELO2_naive(named, checkpoint_path=ckpt, **config.torch_kwargs, **backend)
-
-
-def _elo_celo2_reference(config: ParityConfig):
-    from pylo.reference_jax.elo_celo2 import ELO_Celo2LOpt
-
-    return ELO_Celo2LOpt(**config.reference_kwargs)
-
-
 ELO_CELO2 = OptimizerInfo(
     name="elo_celo2",
     torch_class=ELO_CELO2_naive,
-    make_torch=_elo_celo2_torch,
-    make_reference=_elo_celo2_reference,
+    make_torch=_from_checkpoint(ELO_CELO2_naive),
+    make_reference=_reference("elo_celo2", "ELO_Celo2LOpt"),
     backends=CELO2_BACKENDS,
     parity_overrides=SMALL_CHUNKS,
     interpreter_configs=("noclip",),
@@ -368,16 +345,6 @@ ELO_CELO2 = OptimizerInfo(
 )
 
 
-def _elo_torch(named: NamedParams, ckpt: str, config: ParityConfig, backend: Mapping) -> torch.optim.Optimizer:
-    return ELO_naive(named, checkpoint_path=ckpt, **config.torch_kwargs, **backend)
-
-
-def _elo_reference(config: ParityConfig):
-    from pylo.reference_jax.elo import ELO_AdafacMLPLOpt
-
-    return ELO_AdafacMLPLOpt(**config.reference_kwargs)
-
-
 def _elo_constant(lr: float) -> Dict[str, float]:
     """ELO's constant schedule: step_mult = init_lr = lr, no warmup."""
     return dict(step_mult=lr, init_lr=lr, warmup_fraction=0.0)
@@ -389,8 +356,8 @@ ELO = OptimizerInfo(
     name="elo",
     interpreter_configs=("clip",),
     torch_class=ELO_naive,
-    make_torch=_elo_torch,
-    make_reference=_elo_reference,
+    make_torch=_from_checkpoint(ELO_naive),
+    make_reference=_reference("elo", "ELO_AdafacMLPLOpt"),
     backends=ADAFAC_BACKENDS,
     parity_overrides=SMALL_CHUNKS,
     make_network=_meta_mlp_network,
