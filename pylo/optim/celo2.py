@@ -251,7 +251,8 @@ def float32_product(a: float, b: float) -> float:
 class Celo2Family(LearnedOptimizer):
     """What CELO2 and ELO-CELO2 share: validation, network loading, routing and the step loop.
 
-    Subclasses set ``network_spec`` and implement ``_update(group, device, learned, adamw_routed)``.
+    Subclasses set ``network_spec`` and implement ``_update_reference`` (naive / foreach) and
+    ``_update_fast`` (fused / triton) for one group's learned and AdamW-routed parameters.
     """
 
     network_spec = CELO2_SPEC
@@ -355,6 +356,17 @@ class Celo2Family(LearnedOptimizer):
         return loss
 
     def _update(self, group, device, learned, routed) -> None:
+        backend = self.backend_for(group, device)
+        if backend in ("fused", "triton"):
+            self._update_fast(group, device, learned, routed, backend)
+        else:
+            self._update_reference(group, device, learned, routed, foreach=backend == "foreach")
+
+    def _update_reference(self, group, device, learned, routed, foreach: bool) -> None:
+        """The naive / foreach update of one group (the published rule)."""
+        raise NotImplementedError
+
+    def _update_fast(self, group, device, learned, routed, backend: str) -> None:
         raise NotImplementedError
 
 
@@ -435,12 +447,7 @@ class CELO2_naive(Celo2Family):
                     ff_hidden_layers=ff_hidden_layers, hf_key=hf_key, checkpoint_path=checkpoint_path,
                     network=network, nonfinite_grads=nonfinite_grads)
 
-    def _update(self, group, device, learned, routed) -> None:
-        backend = self.backend_for(group, device)
-        if backend in ("fused", "triton"):
-            self._update_fast(group, device, learned, routed, backend)
-            return
-        foreach = backend == "foreach"
+    def _update_reference(self, group, device, learned, routed, foreach: bool) -> None:
         if learned:
             params, grads = zip(*learned)
             celo2(list(params), list(grads), [self.state[p] for p in params], network=self.network_on(device),

@@ -137,11 +137,7 @@ class ELO_CELO2_naive(Celo2Family):
                     ff_hidden_layers=ff_hidden_layers, hf_key=hf_key, checkpoint_path=checkpoint_path,
                     network=network, nonfinite_grads=nonfinite_grads)
 
-    def _update(self, group, device, learned, routed) -> None:
-        backend = self.backend_for(group, device)
-        if backend in ("fused", "triton"):
-            self._update_fast(group, device, learned, routed, backend)
-            return
+    def _update_reference(self, group, device, learned, routed, foreach: bool) -> None:
         items = learned + routed
         params, grads = [p for p, _ in items], [g for _, g in items]
         elo_celo2(params, grads, [self.state[p] for p in params], [False] * len(learned) + [True] * len(routed),
@@ -150,7 +146,7 @@ class ELO_CELO2_naive(Celo2Family):
                   cfg=LearnedStep.of(group), lr=group["lr"], weight_decay=group["weight_decay"],
                   adam_lr=float32_product(group["adam_lr_mult"], group["lr"]),
                   adam_weight_decay=self.adam_weight_decay(group), grad_clip_val=group["grad_clip_val"],
-                  kernel_layout=group["kernel_layout"], foreach=backend == "foreach")
+                  kernel_layout=group["kernel_layout"], foreach=foreach)
 
     def _update_fast(self, group, device, learned, routed, backend: str) -> None:
         fast = _fast_backend(backend)
