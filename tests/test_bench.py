@@ -85,3 +85,18 @@ def test_celo2_floor_counts_newton_schulz_on_its_learned_matrices_only():
     assert newton_schulz_flops((16, 32), steps=5) == 5 * (4 * 16 * 16 * 32 + 2 * 16 ** 3)
     assert orthogonalize_flops(celo2, shapes) == newton_schulz_flops((16, 32))
     assert orthogonalize_flops(adafac, shapes) == 0
+
+
+def test_reused_scratch_buffers_count_as_step_memory():
+    from pylo.models import MetaMLP
+    from pylo.optim import AdafacLO
+
+    p = torch.nn.Parameter(torch.randn(64, 32))
+    p.grad = torch.randn(64, 32)
+    opt = AdafacLO([p], network=MetaMLP(39, 8, 1), backend="fused", chunk_size=256)
+    assert measure.workspace_bytes(opt) == 0
+    opt.step()
+    # one workspace: 28 feature rows, two hidden buffers and the 2 outputs, chunk elements each
+    hidden = opt.network.network[0].out_features
+    assert measure.workspace_bytes(opt) == 4 * 256 * (28 + 2 * hidden + 2)
+    assert measure.state_bytes(opt) > 0

@@ -1,7 +1,8 @@
 """pylo-bench: optimizer step time and memory for every optimizer and backend.
 
 For each workload it measures, per optimizer and backend: the median step time
-(gradients fixed, warm-up excluded), the peak transient memory of one step, and
+(gradients fixed, warm-up excluded), the peak transient memory of one step (with the
+scratch buffers a fast backend keeps for reuse), and
 the persistent state per parameter; beside torch.optim.AdamW (foreach and fused)
 on the same parameters and, when JAX is installed, our JAX reference compiled
 with jax.jit on the same device. It prints ratios (to fused AdamW, to the naive
@@ -60,7 +61,8 @@ def _measure_torch(make_opt, shapes, device, warmup, iters, loss) -> Dict:
     seconds = measure.median_seconds(step, device, warmup, iters)
     n = workloads.numel(shapes)
     return {"median_ms": 1e3 * seconds,
-            "transient_bytes_per_param": measure.peak_transient_bytes(step, device) / n,
+            "transient_bytes_per_param": (measure.peak_transient_bytes(step, device)
+                                          + measure.workspace_bytes(opt)) / n,
             "state_bytes_per_param": measure.state_bytes(opt) / n}
 
 

@@ -56,7 +56,21 @@ def peak_transient_bytes(step: Callable[[], None], device: torch.device) -> int:
 
 def state_bytes(optimizer: torch.optim.Optimizer) -> int:
     """Bytes of every tensor the optimizer keeps between steps (shared storages counted once)."""
+    return _tensor_bytes(list(optimizer.state.values()))
+
+
+def workspace_bytes(optimizer: torch.optim.Optimizer) -> int:
+    """Bytes of the scratch buffers a fast backend keeps between steps to reuse (``_workspaces``).
+
+    They are step memory kept allocated, so ``pylo-bench`` adds them to the transient figure.
+    """
+    return _tensor_bytes(getattr(optimizer, "_workspaces", {}))
+
+
+def _tensor_bytes(root) -> int:
+    """Bytes of the tensors reachable from ``root`` through containers and object attributes."""
     seen, total = set(), 0
+    visited = set()
 
     def visit(x):
         nonlocal total
@@ -71,8 +85,11 @@ def state_bytes(optimizer: torch.optim.Optimizer) -> int:
         elif isinstance(x, (list, tuple)):
             for v in x:
                 visit(v)
+        elif hasattr(x, "__dict__") and not isinstance(x, (type, torch.nn.Module)) and id(x) not in visited:
+            visited.add(id(x))
+            visit(vars(x))
 
-    visit(list(optimizer.state.values()))
+    visit(root)
     return total
 
 
