@@ -394,6 +394,14 @@ def _decoupled_update(ps: List[torch.Tensor], d: List[torch.Tensor], lr: float, 
             p.copy_(q)
 
 
+def _next_bias_corrections(states: List[Dict], b1: float, b2: float):
+    """Advance each tensor's own step count; its AdamW bias corrections (device tensors, no host sync)."""
+    steps = [s["step"] for s in states]
+    torch._foreach_add_(steps, 1)
+    stacked = torch.stack(steps)
+    return adam.bias_correction(b1, stacked).unbind(), adam.bias_correction(b2, stacked).unbind()
+
+
 def adamw_update(params: List[torch.Tensor], grads: List[torch.Tensor], states: List[Dict], *, lr: float,
                  betas: Tuple[float, float], eps: float, weight_decay: float, chunk: int = DEFAULT_CHUNK) -> None:
     """CELO2's AdamW path (optax ``adamw``, own moments) in bounded memory.
@@ -405,10 +413,7 @@ def adamw_update(params: List[torch.Tensor], grads: List[torch.Tensor], states: 
     if not params:
         return
     b1, b2 = betas
-    steps = [s["step"] for s in states]
-    torch._foreach_add_(steps, 1)
-    stacked = torch.stack(steps)
-    bc1, bc2 = adam.bias_correction(b1, stacked).unbind(), adam.bias_correction(b2, stacked).unbind()
+    bc1, bc2 = _next_bias_corrections(states, b1, b2)
     flat = _Flat(params, chunk)
     ps = [w.view(-1) for w in flat.work]
     gs = [g.reshape(-1) for g in grads]
@@ -442,10 +447,7 @@ def shared_adamw_update(params: List[torch.Tensor], grads: List[torch.Tensor], s
     for gw, s in zip(gws, states):
         # the factored moments need row/column means: one g*g temporary per tensor, freed at once
         diag.append(adafactor_tables(s, gw, fac_b, grad_clip_val) is None)
-    steps = [s["step"] for s in states]
-    torch._foreach_add_(steps, 1)
-    stacked = torch.stack(steps)
-    bc1, bc2 = adam.bias_correction(b1, stacked).unbind(), adam.bias_correction(b2, stacked).unbind()
+    bc1, bc2 = _next_bias_corrections(states, b1, b2)
     flat = _Flat(works, chunk)
     ps = [w.view(-1) for w in flat.work]
     gs = [g.reshape(-1) for g in gws]
