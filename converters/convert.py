@@ -41,9 +41,8 @@ def _hub_pair(rnn_src, mlp_src, optimizer: str) -> Source:
             raise CheckpointError(f"{part.path}: --mlp pairs two PyTorchModelHubMixin folders; this is a "
                                   "JAX checkpoint (convert it alone)")
     merged = merge_hub_parts([part.checkpoint for part in parts])
-    source = Source(merged.origin, "torch", checkpoint=merged)
-    source.meta["files"] = [Path(part.path).name for part in parts]
-    return source
+    origin = {"format": "PyLO hub pair (VeLO_RNN + VeLO_MLP)", "files": [Path(part.path).name for part in parts]}
+    return Source(merged.origin, "torch", checkpoint=merged, meta={"origin": origin})
 
 
 def convert(src, dst, optimizer: str, *, overwrite: bool = False, mlp=None) -> Path:
@@ -56,11 +55,7 @@ def convert(src, dst, optimizer: str, *, overwrite: bool = False, mlp=None) -> P
     fam = family_for(optimizer)
     source = read_source(src) if mlp is None else _hub_pair(src, mlp, optimizer)
     training: Dict = {}
-    if mlp is not None:
-        config, tensors = fam.to_torch(fam.to_jax(source.checkpoint.config, source.checkpoint.tensors, source.path),
-                                       source.path)
-        origin = {"format": "PyLO hub pair (VeLO_RNN + VeLO_MLP)", "files": source.meta["files"]}
-    elif source.is_jax:
+    if source.is_jax:
         config, tensors = fam.to_torch(source.theta, source.path)
         origin = {"format": source.format, "container": source.container, **source.meta,
                   "file": Path(source.path).name}
@@ -80,7 +75,8 @@ def convert(src, dst, optimizer: str, *, overwrite: bool = False, mlp=None) -> P
         theta = fam.to_jax(source.checkpoint.config, source.checkpoint.tensors, source.path)  # validates
         config, tensors = fam.to_torch(theta, source.path)
         meta = source.checkpoint.config.get(META_KEY, {})
-        origin = dict(meta.get("source", {})) or {"format": "pylo/PyLO hub folder", "file": Path(source.path).name}
+        origin = (dict(meta.get("source", {})) or source.meta.get("origin")
+                  or {"format": "pylo/PyLO hub folder", "file": Path(source.path).name})
         training = dict(meta.get("optimizer_config", {}))
     config[META_KEY] = {"optimizer": optimizer, "format_version": FORMAT_VERSION, "source": origin}
     if training:

@@ -104,8 +104,8 @@ def mlp_flops_per_element(network: torch.nn.Module) -> int:
 def orthogonalize_flops(info, shapes) -> int:
     """Newton-Schulz flops of one step for optimizers that orthogonalise (CELO2 family), else 0.
 
-    As the CELO2 family routes them: learned path (and so Newton-Schulz) for parameters of
-    rank >= 2 whose name does not contain ``embed``; the rest take AdamW.
+    Only parameters the optimizer's own routing (``routes_to_adamw``) keeps on the learned path
+    are orthogonalised; the rest take AdamW.
     """
     import inspect
 
@@ -114,7 +114,9 @@ def orthogonalize_flops(info, shapes) -> int:
     parameter = inspect.signature(info.torch_class).parameters.get("orthogonalize")
     if not info.bench_kwargs.get("orthogonalize", parameter is not None and parameter.default is True):
         return 0
-    return sum(newton_schulz_flops(shape) for name, shape in shapes if len(shape) >= 2 and "embed" not in name)
+    group = {"use_adamw_for_1d": info.bench_kwargs.get("use_adamw_for_1d", True)}
+    return sum(newton_schulz_flops(shape) for name, shape in shapes
+               if not info.torch_class.routes_to_adamw(group, torch.empty(shape, device="meta"), name))
 
 
 def run(workload_shapes: Dict[str, list], optimizers: List[str], backends: Optional[List[str]], device,
@@ -252,13 +254,14 @@ def _parser():
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--iters", type=int, default=7)
     p.add_argument("--no-jax", action="store_true", help="skip the JAX reference")
-    p.add_argument("--threads", type=int, help="CPU threads for torch and JAX alike (default: the libraries' own)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (1 also makes XLA single-threaded; default: the libraries' own)")
     p.add_argument("--out", default="bench_report", help="folder for bench.json/.md/.png")
     return p
 
 
 def set_threads(n: int) -> None:
-    """Give torch and XLA the same CPU thread budget, so that ratios compare like with like.
+    """Set torch's CPU threads; with ``n == 1`` also make XLA single-threaded, so one-core ratios compare
+    like with like (XLA has no flag for other counts: pin cores with ``taskset``).
 
     XLA reads its flags when JAX first initialises its CPU backend, so this must run before that.
     """

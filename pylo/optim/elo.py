@@ -125,7 +125,6 @@ class ELO_naive(LearnedOptimizer):
         return loss
 
 
-
 class ELO(ELO_naive):
     """ELO on its fastest backend (``backend="auto"``: Triton on CUDA, else fused): the recommended entry point.
 
