@@ -14,7 +14,7 @@ from typing import Dict, Tuple
 
 import numpy as np
 
-from pylo.core.shapes import TORCH_CONV_TO_JAX, JAX_CONV_TO_TORCH
+from pylo.spec.shapes import TORCH_CONV_TO_JAX, JAX_CONV_TO_TORCH
 
 Shape = Tuple[int, ...]
 

@@ -4,7 +4,7 @@ Written to compute exactly what upstream computes: accumulators are per-decay
 functions vectorised with ``jax.vmap(..., out_axes=-1)``, so states carry a
 trailing decay axis and a per-decay step counter ``t`` of shape ``(k,)``.
 The one deliberate choice is ``factored_dims``, imported from
-``pylo.core.shapes`` so torch and JAX share one tie-breaking rule.
+``pylo.spec.shapes`` so torch and JAX share one tie-breaking rule.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pylo.core.shapes import factored_dims  # noqa: F401  (re-exported: the shared rule)
+from pylo.spec.shapes import factored_dims  # noqa: F401  (re-exported: the shared rule)
 
 TANH_TIMESCALES = (1, 3, 10, 30, 100, 300, 1000, 3000, 10000, 30000, 100000)
 FRACTION_OFFSETS = (0.03, 0.1, 0.2, 0.4, 0.6, 0.8, 0.9, 1.0, 1.1)

@@ -1,6 +1,6 @@
 """Gradient accumulators shared by every learned optimizer (upstream ``common.py``).
 
-All tensors here are float32 and in the work layout (``pylo.core.shapes``); the
+All tensors here are float32 and in the work layout (``pylo.spec.shapes``); the
 decay axis is trailing, as upstream's ``vmap(..., out_axes=-1)`` leaves it:
 
 * momentum ``m``: ``S + (k,)``; ``m <- b*m + (1-b)*g`` with no clipping of ``b``
@@ -20,7 +20,8 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 
-from pylo.core.shapes import factored_dims
+from pylo.core.reduce import mean_over
+from pylo.spec.shapes import factored_dims
 
 FACTORED_EPS = 1e-30  # added to g*g before averaging (upstream ``epsilon``)
 
@@ -33,18 +34,6 @@ def float32_decays(values: Sequence[float], device: torch.device) -> torch.Tenso
 def safe_rsqrt(x: torch.Tensor) -> torch.Tensor:
     """``rsqrt(max(x, 1e-9))``."""
     return torch.rsqrt(torch.clamp_min(x, 1e-9))
-
-
-def mean_over(x: torch.Tensor, dims: Sequence[int], keepdim: bool = False) -> torch.Tensor:
-    """Mean over ``dims`` with JAX semantics: an empty ``dims`` is the identity.
-
-    (``torch.mean(x, dim=[])`` reduces over *everything*, which broke every 0-d
-    parameter in the published port.)
-    """
-    dims = tuple(dims)
-    if not dims:
-        return x
-    return x.mean(dim=dims, keepdim=keepdim)
 
 
 # --------------------------------------------------------------------------- init
@@ -89,7 +78,7 @@ def row_col_factors(v_row: torch.Tensor, v_col: torch.Tensor, dims: Tuple[int, i
     """
     d1, d0 = dims
     reduced_d1 = d1 - 1 if d1 > d0 else d1
-    row_mean = v_row.mean(dim=reduced_d1, keepdim=True)
+    row_mean = mean_over(v_row, (reduced_d1,), keepdim=True)
     row = safe_rsqrt(v_row / (row_mean + 1e-9))
     col = safe_rsqrt(v_col)
     return row.unsqueeze(d0), col.unsqueeze(d1)
@@ -106,8 +95,8 @@ def update_factored(v_row: torch.Tensor, v_col: torch.Tensor, v_diag: torch.Tens
         v_diag.mul_(b).add_(mix * grad_sqr.unsqueeze(-1))
         return g.unsqueeze(-1) * safe_rsqrt(v_diag + 1e-9)
     d1, d0 = dims
-    v_row.mul_(b).add_(mix * grad_sqr.mean(dim=d0).unsqueeze(-1))
-    v_col.mul_(b).add_(mix * grad_sqr.mean(dim=d1).unsqueeze(-1))
+    v_row.mul_(b).add_(mix * mean_over(grad_sqr, (d0,)).unsqueeze(-1))
+    v_col.mul_(b).add_(mix * mean_over(grad_sqr, (d1,)).unsqueeze(-1))
     row, col = row_col_factors(v_row, v_col, dims)
     return g.unsqueeze(-1) * row * col
 

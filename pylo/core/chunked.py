@@ -14,8 +14,10 @@ from __future__ import annotations
 import itertools
 from typing import Iterator, Sequence, Tuple
 
-#: elements per chunk: a chunk's features and MLP activations stay in cache
-DEFAULT_CHUNK = 16384
+#: elements per chunk of every fused backend (``chunk_size=``): ~3.5 MB of channel-major features, few
+#: enough slabs that the per-operation overhead stays small (single-thread CPU, VeLO: 16384 -> 32768 is
+#: ~10% faster, 65536 about the same)
+DEFAULT_CHUNK = 32768
 
 
 def slabs(shape: Sequence[int], chunk: int = DEFAULT_CHUNK) -> Iterator[Tuple[tuple, int]]:

@@ -6,16 +6,7 @@ from typing import List
 
 import torch
 
-
-def global_norm(grads: List[torch.Tensor]) -> torch.Tensor:
-    """``sqrt(sum_i sum(g_i^2))`` in float32, summed leaf by leaf as ``optax.tree.norm`` does."""
-    total = None
-    for g in grads:
-        sq = torch.sum(g * g)
-        total = sq if total is None else total + sq.to(total.device)
-    if total is None:
-        return torch.zeros(())
-    return torch.sqrt(total)
+from pylo.core.reduce import global_norm  # noqa: F401 (part of this module's API)
 
 
 def clip_by_global_norm(grads: List[torch.Tensor], max_norm: float) -> List[torch.Tensor]:

@@ -9,18 +9,16 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 
-from pylo.core.accumulators import mean_over, row_col_factors
-from pylo.core.shapes import factored_dims
+from pylo.core.accumulators import row_col_factors
+from pylo.core.reduce import second_moment
+from pylo.spec.features import FRACTION_OFFSETS, HYPER_GROUP_WIDTHS, TANH_TIMESCALES  # noqa: F401 (re-exported)
+from pylo.spec.shapes import factored_dims
 
-#: ``tanh_embedding`` timescales (AdafacMLPLOpt, MLPLOpt, MuLO, ELO)
-TANH_TIMESCALES = (1, 3, 10, 30, 100, 300, 1000, 3000, 10000, 30000, 100000)
-#: ``_fractional_tanh_embed`` offsets (VeLO, Celo)
-FRACTION_OFFSETS = (0.03, 0.1, 0.2, 0.4, 0.6, 0.8, 0.9, 1.0, 1.1)
 
 
 def second_moment_normalize(x: torch.Tensor, dims: Sequence[int], eps: float) -> torch.Tensor:
     """``x * rsqrt(eps + mean(x^2, dims))`` per channel; empty ``dims`` is the identity mean."""
-    return x * torch.rsqrt(eps + mean_over(x * x, dims, keepdim=True))
+    return x * torch.rsqrt(eps + second_moment(x, dims))
 
 
 def tanh_embedding(iteration: torch.Tensor) -> torch.Tensor:
@@ -62,8 +60,6 @@ def adafactor_features(m: torch.Tensor, v_row: torch.Tensor, v_col: torch.Tensor
     return [row, col, torch.rsqrt(row + 1e-8), torch.rsqrt(col + 1e-8), fac_mom_mult]
 
 
-#: widths of the 14 per-element feature groups of VeLO / Celo / CELO2 (``w0__0`` .. ``w0__13``)
-HYPER_GROUP_WIDTHS = (1, 1, 1, 3, 1, 3, 1, 3, 1, 3, 3, 3, 3, 3)
 GRAD_CLIP_FEATURE = 0.1
 
 

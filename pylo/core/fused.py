@@ -17,7 +17,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import torch
 
 from pylo.core import accumulators as acc
-from pylo.core.shapes import factored_dims
+from pylo.spec.shapes import factored_dims
 
 
 class Workspace:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from pylo.core.shapes import inverse_permutation, work_permutation
+from pylo.spec.shapes import inverse_permutation, work_permutation
 
 
 def to_work(t: torch.Tensor, kernel_layout: str = "torch") -> torch.Tensor:

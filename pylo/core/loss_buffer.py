@@ -29,7 +29,9 @@ from typing import Dict
 
 import torch
 
-SIZE = 10
+from pylo.spec.features import LOSS_BUFFER_SIZE
+
+SIZE = LOSS_BUFFER_SIZE
 RUNNING_MIN_INIT = 999999999999.0
 
 

@@ -1,15 +1,29 @@
 """PyTorch learned optimizers with the published PyLO ``pylo.optim`` API.
 
-``X_naive`` is the plain PyTorch implementation; ``X`` is the default alias.
+``X_naive`` is the plain PyTorch implementation; ``X`` is the recommended alias on the fastest
+backend. One package per family (``pylo.optim.adafac``: AdafacLO, MuLO, ELO; ``pylo.optim.hyperv2``:
+VeLO, Celo; ``pylo.optim.celo2``: CELO2, ELO-CELO2); the names are listed once, in
+:data:`pylo.spec.OPTIMIZERS`, and imported on first use.
+
+>>> from pylo.optim import VeLO   # doctest: +SKIP
 """
 
-from pylo.optim.adafaclo import AdafacLO, AdafacLO_naive
-from pylo.optim.celo import Celo, Celo_naive
-from pylo.optim.celo2 import CELO2, CELO2_naive
-from pylo.optim.elo import ELO, ELO_naive
-from pylo.optim.elo_celo2 import ELO_CELO2, ELO_CELO2_naive
-from pylo.optim.mulo import MuLO, MuLO_naive
-from pylo.optim.velo import VeLO, VeLO_naive
+from __future__ import annotations
 
-__all__ = ["AdafacLO", "AdafacLO_naive", "CELO2", "CELO2_naive", "Celo", "Celo_naive", "ELO", "ELO_naive",
-           "ELO_CELO2", "ELO_CELO2_naive", "MuLO", "MuLO_naive", "VeLO", "VeLO_naive"]
+import importlib
+
+from pylo.spec import class_module, optimizer_class_names
+
+__all__ = sorted(optimizer_class_names())
+
+
+def __getattr__(name: str):
+    if name in __all__:
+        value = getattr(importlib.import_module(class_module(name)), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'pylo.optim' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), *__all__])

@@ -30,7 +30,7 @@ from pylo.core import accumulators as acc
 from pylo.core.decays import learned_decays
 from pylo.core.features import TANH_TIMESCALES, adafactor_features, second_moment_normalize, tanh_embedding
 from pylo.core.layout import from_work, to_work
-from pylo.core.shapes import KERNEL_LAYOUTS, factored_dims
+from pylo.spec.shapes import KERNEL_LAYOUTS, factored_dims
 from pylo.kernels import triton_available
 from pylo.models.loading import NetworkSpec, load_network
 from pylo.models.meta_mlp import MetaMLP

@@ -15,7 +15,7 @@ import torch
 from pylo.core.features import tanh_embedding
 from pylo.core.fused import adafactor_tables
 from pylo.core.layout import from_work, to_work
-from pylo.core.shapes import factored_dims
+from pylo.spec.shapes import factored_dims
 from pylo.kernels import axis_strides, require_triton
 from pylo.optim.adafaclo_fused import NORMALIZER_EPS, NUM_RAW
 

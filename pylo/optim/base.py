@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from pylo.core.clipping import clip_by_global_norm
+from pylo.optim.backend import BACKEND_KEYS
 
 LossLike = Union[torch.Tensor, float, int]
 NONFINITE_MODES = ("raise", "upstream")
@@ -38,7 +39,11 @@ class NonFiniteGradientError(ValueError):
 
 
 class LearnedOptimizer(torch.optim.Optimizer):
-    """Base class; subclasses implement ``_step_groups(entries, loss)``."""
+    """Base class of every pylo optimizer.
+
+    A family's class implements ``step`` on top of these helpers and creates missing per-parameter
+    state in ``_init_group`` (as ``torch.optim`` does) before its backend engines run.
+    """
 
     #: name used in messages
     display_name = "learned optimizer"
@@ -136,11 +141,6 @@ class LearnedOptimizer(torch.optim.Optimizer):
         return out
 
     @staticmethod
-    def _foreach_for(group, device: torch.device) -> bool:
-        """The group's ``foreach`` choice; by default multi-tensor on CUDA only."""
-        return group["foreach"] if group.get("foreach") is not None else device.type == "cuda"
-
-    @staticmethod
     def _resolve_loss(closure: Optional[Union[Callable[[], LossLike], LossLike]],
                       loss: Optional[LossLike]) -> Optional[LossLike]:
         if closure is not None and loss is not None:
@@ -158,10 +158,14 @@ class LearnedOptimizer(torch.optim.Optimizer):
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         """Load a :meth:`state_dict`, keeping float32 state exactly as saved.
 
-        The given dict is not modified and shares no tensors with the optimizer.
+        The given dict is not modified and shares no tensors with the optimizer. The backend
+        choice (``backend``, ``foreach``, ``chunk_size``) stays the one this optimizer was built with.
         """
         saved_state = state_dict["state"]
+        built_with = [{k: group[k] for k in BACKEND_KEYS if k in group} for group in self.param_groups]
         super().load_state_dict({**state_dict, "state": {}})
+        for group, backend in zip(self.param_groups, built_with):  # the backend stays the constructed one
+            group.update(backend)
         saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
         params = [p for g in self.param_groups for p in g["params"]]
         id_map = dict(zip(saved_ids, params))

@@ -45,7 +45,7 @@ from pylo.core.features import GRAD_CLIP_FEATURE
 from pylo.core.fused import Workspace, adafactor_tables, broadcast_table
 from pylo.core.layout import to_work
 from pylo.core.orthogonalize import newton_schulz, newton_schulz_
-from pylo.core.shapes import factored_dims
+from pylo.spec.shapes import factored_dims
 
 RMS_EPS = 1e-8
 NORMALIZER_EPS = 1e-9

@@ -24,7 +24,7 @@ from typing import Dict, Optional
 import torch
 
 from pylo.core.decays import DECAY_KINDS, DecayTensors, checked_decays
-from pylo.core.shapes import KERNEL_LAYOUTS
+from pylo.spec.shapes import KERNEL_LAYOUTS
 from pylo.models.loading import NetworkSpec, load_network
 from pylo.models.meta_mlp import MetaMLP
 from pylo.optim.adafaclo import BACKENDS, NUM_FEATURES, _build_meta_mlp, adafaclo, resolve_backend

@@ -40,7 +40,7 @@ from pylo.core.clipping import clip_by_global_norm
 from pylo.core.decays import learned_decays
 from pylo.core.features import fractional_tanh_embedding, hyper_feature_groups, second_moment_normalize
 from pylo.core.layout import from_work, to_work
-from pylo.core.shapes import KERNEL_LAYOUTS
+from pylo.spec.shapes import KERNEL_LAYOUTS
 from pylo.kernels import triton_available
 from pylo.models.hyper_network import HyperNetwork
 from pylo.optim.base import LearnedOptimizer, check_number

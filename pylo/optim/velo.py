@@ -21,7 +21,7 @@ from typing import Optional
 
 import torch
 
-from pylo.core.accumulators import mean_over
+from pylo.core.reduce import mean_over
 from pylo.core.features import FRACTION_OFFSETS
 from pylo.core.loss_buffer import SIZE as LOSS_BUFFER_SIZE
 from pylo.models.hyper_network import HyperNetwork, build_hyper_network, merge_hub_parts

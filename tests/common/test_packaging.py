@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def test_wheel_installs_only_the_pylo_namespace(wheel):
     tops = {n.split("/")[0] for n in names}
     assert {t for t in tops if not t.endswith(".dist-info")} == {"pylo"}
     for module in ("pylo/reference_jax/adafac_mlp_lopt.py", "pylo/converters/cli.py",
-                   "pylo/parity_tests/registry.py", "pylo/checkpoints/registry.json", "pylo/core/shapes.py"):
+                   "pylo/parity_tests/registry.py", "pylo/checkpoints/registry.json", "pylo/spec/shapes.py"):
         assert module in names, module
 
 

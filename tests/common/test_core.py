@@ -7,11 +7,12 @@ import pytest
 import torch
 
 from pylo.checkpoint_io import read_checkpoint, write_bytes_atomic, write_checkpoint
-from pylo.core.accumulators import init_factored, mean_over, update_factored
+from pylo.core.accumulators import init_factored, update_factored
+from pylo.core.reduce import mean_over
 from pylo.core.clipping import clip_by_global_norm
 from pylo.core.features import second_moment_normalize
 from pylo.core.layout import from_work, to_work
-from pylo.core.shapes import factored_dims, work_shape
+from pylo.spec.shapes import factored_dims, work_shape
 from pylo.errors import CheckpointError
 
 

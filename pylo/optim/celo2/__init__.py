@@ -43,7 +43,7 @@ from pylo.core.decays import DecayTensors, checked_decays
 from pylo.core.features import hyper_feature_groups, second_moment_normalize
 from pylo.core.layout import subtract_update, to_work
 from pylo.core.orthogonalize import NS_COEFFS, newton_schulz
-from pylo.core.shapes import KERNEL_LAYOUTS
+from pylo.spec.shapes import KERNEL_LAYOUTS
 from pylo.models.celo2_mlp import CELO2MLP
 from pylo.models.loading import NetworkSpec, load_network
 from pylo.optim.adafaclo import BACKENDS, resolve_backend
@@ -501,3 +501,6 @@ class CELO2(CELO2_naive):
 
     def __init__(self, params, *args, backend: Optional[str] = "auto", **kwargs):
         super().__init__(params, *args, backend=backend, **kwargs)
+
+
+from pylo.optim.elo_celo2 import ELO_CELO2, ELO_CELO2_naive  # noqa: E402,F401  (interim, until the package is built)

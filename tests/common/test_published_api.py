@@ -14,7 +14,7 @@ import pytest
 
 import pylo.optim as optim
 
-SPEC = Path(os.environ.get("PYLO_SHARED_SPEC", Path(__file__).resolve().parents[2] / "shared" / "spec"))
+SPEC = Path(os.environ.get("PYLO_SHARED_SPEC", Path(__file__).resolve().parents[3] / "shared" / "spec"))
 DEPARTURES = {
     ("VeLO_naive", "lr"): 1.0,  # the published 0.001 makes every step 1000x smaller than VeLO's
 }

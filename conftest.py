@@ -1,4 +1,5 @@
-"""Shared test fixtures."""
+"""What every test folder needs (tests/ and parity_tests/ alike): Triton's interpreter on a machine
+without a GPU, the real checkpoints beside the repository, and no network."""
 
 import os
 
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parent
 
 
 @pytest.fixture(scope="session")

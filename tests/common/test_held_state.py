@@ -14,7 +14,7 @@ import torch
 
 from pylo.kernels import triton_available
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).resolve().parents[1] / "data"
 
 import importlib.util  # noqa: E402
 import sys  # noqa: E402
