@@ -30,12 +30,12 @@ class NetworkSpec:
     ``build(config)`` makes the module from a checkpoint config (constructor
     arguments at top level, missing ones taken from the optimizer's own
     arguments); ``adapt`` maps a published hub layout onto the module's keys.
-    ``families`` are the ``pylo-convert`` optimizer names whose checkpoints fit.
+    ``optimizers`` are the optimizer names (``pylo.spec.OPTIMIZERS``) whose checkpoints fit.
     """
 
     name: str
     module_type: type
-    families: Tuple[str, ...]
+    optimizers: Tuple[str, ...]
     build: Callable[[Dict], nn.Module]
     adapt: Callable[[Dict[str, torch.Tensor], Dict], Dict[str, torch.Tensor]] = field(default=_identity_layout)
 
@@ -63,10 +63,10 @@ def load_network(spec: NetworkSpec, *, network: Optional[nn.Module] = None, chec
 
 def module_from_checkpoint(spec: NetworkSpec, ckpt: Checkpoint, fallback_config: Optional[Dict] = None) -> nn.Module:
     family = ckpt.optimizer
-    if family is not None and family not in spec.families:
+    if family is not None and family not in spec.optimizers:
         raise CheckpointError(
             f"{ckpt.origin}: checkpoint is for optimizer {family!r}, which does not fit {spec.name} "
-            f"(expected one of {', '.join(spec.families)})")
+            f"(expected one of {', '.join(spec.optimizers)})")
     config = {**(fallback_config or {}), **{k: v for k, v in ckpt.config.items() if k != META_KEY}}
     try:
         module = spec.build(config)

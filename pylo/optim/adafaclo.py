@@ -51,7 +51,7 @@ def _build_meta_mlp(config: Dict) -> MetaMLP:
                                              "momentum_decays", "rms_decays", "adafactor_decays") if k in config})
 
 
-META_MLP_SPEC = NetworkSpec(name="AdafacLO MetaMLP", module_type=MetaMLP, families=("adafaclo", "mulo"),
+META_MLP_SPEC = NetworkSpec(name="AdafacLO MetaMLP", module_type=MetaMLP, optimizers=("adafaclo", "mulo"),
                             build=_build_meta_mlp)
 
 

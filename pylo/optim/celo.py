@@ -26,7 +26,7 @@ from pylo.optim.hyper import (DEFAULT_ADAFACTOR_DECAYS, DEFAULT_CHUNK, DEFAULT_M
                               DEFAULT_RMS_DECAYS, HyperOptimizerBase)
 
 LR_MULT_SCALE = 0.1
-CELO_NETWORK_SPEC = NetworkSpec(name="Celo network (LSTM + MLP)", module_type=HyperNetwork, families=("celo",),
+CELO_NETWORK_SPEC = NetworkSpec(name="Celo network (LSTM + MLP)", module_type=HyperNetwork, optimizers=("celo",),
                                 build=build_hyper_network)
 PUBLISHED_WEIGHTS = "hf://amoudgl/celo/theta.state"
 

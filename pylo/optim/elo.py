@@ -30,7 +30,7 @@ from pylo.models.meta_mlp import MetaMLP
 from pylo.optim.adafaclo import BACKENDS, NUM_FEATURES, _build_meta_mlp, adafaclo, resolve_backend
 from pylo.optim.base import LearnedOptimizer, check_number
 
-ELO_SPEC = NetworkSpec(name="ELO MetaMLP", module_type=MetaMLP, families=("elo",), build=_build_meta_mlp)
+ELO_SPEC = NetworkSpec(name="ELO MetaMLP", module_type=MetaMLP, optimizers=("elo",), build=_build_meta_mlp)
 
 
 class ELO_naive(LearnedOptimizer):

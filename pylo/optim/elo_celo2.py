@@ -36,7 +36,7 @@ from pylo.optim.celo2 import (Celo2Family, LearnedStep, _build_celo2_mlp, _fast_
 
 ADAM_EPS = 1e-8
 
-ELO_CELO2_SPEC = NetworkSpec(name="ELO-CELO2 CELO2MLP", module_type=CELO2MLP, families=("elo_celo2",),
+ELO_CELO2_SPEC = NetworkSpec(name="ELO-CELO2 CELO2MLP", module_type=CELO2MLP, optimizers=("elo_celo2",),
                              build=_build_celo2_mlp)
 
 

@@ -33,7 +33,7 @@ RANK_CLASSES = 5
 MAX_TRAINING_STEPS = 150_000
 BUGGED_LOSS_HORIZON = 10
 
-VELO_NETWORK_SPEC = NetworkSpec(name="VeLO network (LSTM + MLP bank)", module_type=HyperNetwork, families=("velo",),
+VELO_NETWORK_SPEC = NetworkSpec(name="VeLO network (LSTM + MLP bank)", module_type=HyperNetwork, optimizers=("velo",),
                                 build=build_hyper_network)
 
 

@@ -64,7 +64,7 @@ def _build_celo2_mlp(config: Dict) -> CELO2MLP:
     return CELO2MLP(**{k: config[k] for k in keys if k in config})
 
 
-CELO2_SPEC = NetworkSpec(name="CELO2 CELO2MLP", module_type=CELO2MLP, families=("celo2",), build=_build_celo2_mlp)
+CELO2_SPEC = NetworkSpec(name="CELO2 CELO2MLP", module_type=CELO2MLP, optimizers=("celo2",), build=_build_celo2_mlp)
 
 
 @dataclass(frozen=True)
