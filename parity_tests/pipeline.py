@@ -29,7 +29,8 @@ import numpy as np
 import torch
 
 from pylo.parity_tests import fixtures
-from pylo.parity_tests.registry import OptimizerInfo, ParityConfig
+from pylo.parity_tests.configs import ParityConfig
+from pylo.parity_tests.registry import ParityInfo
 
 TOLERANCE = 1e-6  # max |param_torch - param_jax| over every step, float32
 
@@ -115,7 +116,7 @@ def read_real_theta(path: Path):
     return flax.serialization.msgpack_restore(path.read_bytes())
 
 
-def make_checkpoint(info: OptimizerInfo, config: ParityConfig, folder: Path):
+def make_checkpoint(info: ParityInfo, config: ParityConfig, folder: Path):
     """Steps 1-3: seeded theta from the reference, written upstream's way, converted by ``pylo-convert``.
 
     Returns ``(reference, theta, converted_folder)``.
@@ -141,7 +142,7 @@ def make_checkpoint(info: OptimizerInfo, config: ParityConfig, folder: Path):
     return reference, theta, ckpt
 
 
-def run_case(info: OptimizerInfo, config: ParityConfig, backend: str,
+def run_case(info: ParityInfo, config: ParityConfig, backend: str,
              on_step: Optional[Callable[[int], None]] = None, device: str = "cpu") -> CaseResult:
     """Run one case; the torch side on ``device`` (the JAX reference always on the CPU)."""
     result = CaseResult(info.name, config.name, backend, config.description, config.steps, TOLERANCE)
@@ -154,7 +155,7 @@ def run_case(info: OptimizerInfo, config: ParityConfig, backend: str,
     return result
 
 
-def _run(info: OptimizerInfo, config: ParityConfig, backend: str, result: CaseResult, on_step, device) -> None:
+def _run(info: ParityInfo, config: ParityConfig, backend: str, result: CaseResult, on_step, device) -> None:
     import jax
     import jax.numpy as jnp
 

@@ -1,9 +1,12 @@
 """Parity of every registered optimizer, config and backend with its JAX reference.
 
-The Triton backends run under ``TRITON_INTERPRET=1`` here (set by tests/conftest.py
-when there is no GPU), on each entry's ``interpreter_configs`` (the interpreter is
-slow); ``pylo-parity --backend triton`` runs every config.
+The Triton backends run under ``TRITON_INTERPRET=1`` here (set by the root ``conftest.py`` when there
+is no GPU), on each entry's ``interpreter_configs`` (the interpreter is slow); ``pylo-parity --backend
+triton`` runs every config.
 """
+
+import importlib.util
+import os
 
 import pytest
 
@@ -29,3 +32,15 @@ def test_parity(info, config, backend):
     worst = {n: (tuple(s.shape), s.max_abs, s.first_bad_step) for n, s in result.shapes.items()
              if s.max_abs > TOLERANCE}
     assert result.max_abs <= TOLERANCE, f"over {TOLERANCE:g}: {worst}"
+
+
+def test_triton_cases_are_collected_without_a_gpu():
+    """With Triton installed, every optimizer has Triton cases here, on a GPU or (interpreted) without one."""
+    if importlib.util.find_spec("triton") is None:
+        pytest.skip("triton is not installed")
+    import torch
+
+    if not torch.cuda.is_available():
+        assert os.environ.get("TRITON_INTERPRET") == "1", "the root conftest.py sets TRITON_INTERPRET=1 without a GPU"
+    with_triton = {info.name for info, _, backend in CASES if backend == "triton"}
+    assert with_triton == {info.name for info in registry.REGISTRY if "triton" in info.backends}

@@ -26,6 +26,7 @@ from typing import Dict, List, Optional
 import torch
 
 from pylo.bench import measure, workloads
+from pylo.parity_tests import optim_db
 
 
 @dataclass
@@ -67,14 +68,17 @@ def _measure_torch(make_opt, shapes, device, warmup, iters, loss) -> Dict:
 
 
 def _measure_jax(info, shapes, warmup, iters) -> float:
+    """The JAX reference of ``info`` (its parity registry entry's first config), compiled with ``jax.jit``."""
     import jax
     import jax.numpy as jnp
     import numpy as np
 
+    from pylo.parity_tests import registry
     from pylo.parity_tests.fixtures import to_jax_layout
 
-    config = info.configs[0]
-    reference = info.make_reference(config)
+    parity = registry.get(info.name)
+    config = parity.configs[0]
+    reference = parity.make_reference(config)
     lopt = reference.opt_fn(reference.init(jax.random.PRNGKey(0)))
     rng = np.random.default_rng(0)
     params = {n: jnp.asarray(to_jax_layout((0.02 * rng.standard_normal(s)).astype(np.float32))) for n, s in shapes}
@@ -111,19 +115,17 @@ def orthogonalize_flops(info, shapes) -> int:
 
     from pylo.core.orthogonalize import newton_schulz_flops
 
-    parameter = inspect.signature(info.torch_class).parameters.get("orthogonalize")
+    parameter = inspect.signature(info.naive).parameters.get("orthogonalize")
     if not info.bench_kwargs.get("orthogonalize", parameter is not None and parameter.default is True):
         return 0
     group = {"use_adamw_for_1d": info.bench_kwargs.get("use_adamw_for_1d", True)}
     return sum(newton_schulz_flops(shape) for name, shape in shapes
-               if not info.torch_class.routes_to_adamw(group, torch.empty(shape, device="meta"), name))
+               if not info.naive.routes_to_adamw(group, torch.empty(shape, device="meta"), name))
 
 
 def run(workload_shapes: Dict[str, list], optimizers: List[str], backends: Optional[List[str]], device,
         warmup: int, iters: int, with_jax: bool, log=print) -> Dict:
-    from pylo.parity_tests import registry
-
-    infos = [i for i in registry.REGISTRY if i.make_network is not None and (not optimizers or i.name in optimizers)]
+    infos = [i for i in optim_db.DATABASE if i.make_network is not None and (not optimizers or i.name in optimizers)]
     rows: List[Row] = []
     floors = {}
     skipped = set()
@@ -155,12 +157,12 @@ def run(workload_shapes: Dict[str, list], optimizers: List[str], backends: Optio
             for backend in info.backends:
                 if backends and backend not in backends:
                     continue
-                if not registry.backend_available(backend, str(device)):
+                if not optim_db.backend_available(backend, str(device)):
                     skipped.add(f"{backend} (needs CUDA and triton)")
                     continue
                 log(f"  {wname}: {info.name}/{backend}")
                 kwargs = {**info.bench_kwargs, **info.backend_kwargs(backend)}
-                make = lambda named, kw=kwargs, info=info, net=net: info.torch_class(named, network=net, **kw)  # noqa: E731
+                make = lambda named, kw=kwargs, info=info, net=net: info.naive(named, network=net, **kw)  # noqa: E731
                 try:
                     res = _measure_torch(make, shapes, device, warmup, iters, 1.0 if info.needs_loss else None)
                 except Exception as e:

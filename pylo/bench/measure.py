@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import statistics
+import sys
 import time
 from typing import Callable, List
 
@@ -43,8 +46,14 @@ def peak_transient_bytes(step: Callable[[], None], device: torch.device) -> int:
         return max(0, torch.cuda.max_memory_allocated(device) - base)
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+    with _quiet_stderr():
+        prof.start()
+    try:
         step()
+    finally:
+        with _quiet_stderr():
+            prof.stop()
     events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
                     if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU)
     current = peak = 0
@@ -52,6 +61,21 @@ def peak_transient_bytes(step: Callable[[], None], device: torch.device) -> int:
         current += nbytes
         peak = max(peak, current)
     return peak
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silence the process's stderr (file descriptor 2) for a moment: the profiler's C++ side prints
+    ``USDT: ... profiler_start`` / ``profiler_stop`` lines there at every start and stop."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def state_bytes(optimizer: torch.optim.Optimizer) -> int:

@@ -29,6 +29,13 @@ def test_transient_memory_is_measured_from_allocations():
     assert 2_000_000 <= measure.peak_transient_bytes(step, torch.device("cpu")) < 2_100_000
 
 
+def test_memory_measurement_prints_no_profiler_noise(capfd):
+    x = torch.randn(100)
+    measure.peak_transient_bytes(lambda: x * 2, torch.device("cpu"))
+    out, err = capfd.readouterr()
+    assert "profiler_start" not in out + err and "profiler_stop" not in out + err
+
+
 def test_state_bytes_counts_storages_once():
     p = torch.nn.Parameter(torch.zeros(10))
     opt = torch.optim.Adam([p])
@@ -77,11 +84,10 @@ def test_bad_thread_count_is_a_clear_error(tmp_path, capsys):
 def test_celo2_floor_counts_newton_schulz_on_its_learned_matrices_only():
     from pylo.bench.cli import orthogonalize_flops
     from pylo.core.orthogonalize import newton_schulz_flops
-    from pylo.parity_tests import registry
+    from pylo.parity_tests import optim_db
 
     shapes = [("embed.weight", (100, 8)), ("w", (16, 32)), ("b", (32,))]
-    celo2 = next(i for i in registry.REGISTRY if i.name == "celo2")
-    adafac = next(i for i in registry.REGISTRY if i.name == "adafaclo")
+    celo2, adafac = optim_db.get("celo2"), optim_db.get("adafaclo")
     assert newton_schulz_flops((16, 32), steps=5) == 5 * (4 * 16 * 16 * 32 + 2 * 16 ** 3)
     assert orthogonalize_flops(celo2, shapes) == newton_schulz_flops((16, 32))
     assert orthogonalize_flops(adafac, shapes) == 0

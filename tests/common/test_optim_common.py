@@ -1,35 +1,43 @@
-"""torch.optim conventions, checked generically on every optimizer of the parity registry.
+"""torch.optim conventions, checked generically on every optimizer of the optimizer database.
 
-Like PyTorch's ``common_optimizers.py``: one registry, the same tests for all.
-Each optimizer is built the user's way, from a seeded checkpoint converted by
-``pylo-convert``.
+Like PyTorch's ``common_optimizers.py``: one database (``pylo.parity_tests.optim_db``), the same tests
+for all. Each optimizer is built the user's way on a small seeded meta-network (``network=``): no
+checkpoint, no JAX. MuLO's entries alone skip without ``mup``.
 """
 
 import copy
-import dataclasses
 import io
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
 
-pytest.importorskip("jax")
+from pylo.optim.backend import BACKEND_KEYS, resolve_backend
+from pylo.parity_tests import optim_db
+from pylo.spec import optimizer_names
 
-from pylo.parity_tests import registry  # noqa: E402
-from pylo.parity_tests.pipeline import make_checkpoint  # noqa: E402
-
-ENTRIES = registry.REGISTRY
+ENTRIES = optim_db.DATABASE
 SHAPES = {"w": (6, 5), "b": (6,), "s": (), "k": (4, 3, 2, 2)}
+CPU, CUDA = torch.device("cpu"), torch.device("cuda")
+#: (entry, "naive" or "recommended"): both classes of every optimizer, named by the class
+CLASSES = [pytest.param(info, which, id=info.spec.classes[i])
+           for info in ENTRIES for i, which in ((1, "naive"), (0, "recommended"))]
+VALID = [pytest.param(info, inp, id=f"{info.name}-{inp.desc}") for info in ENTRIES for inp in info.valid_inputs]
+ERRORS = [pytest.param(info, which, err, id=f"{info.spec.classes[i]}-{err.desc}")
+          for info in ENTRIES for i, which in ((1, "naive"), (0, "recommended")) for err in info.error_inputs]
 
 
-@pytest.fixture(scope="module", params=ENTRIES, ids=[i.name for i in ENTRIES])
-def entry(request, tmp_path_factory):
-    info = request.param
+def _require(info):
     for module in info.requires:
         pytest.importorskip(module)
-    config = info.configs[0]
-    _, _, ckpt = make_checkpoint(info, config, tmp_path_factory.mktemp(info.name))
-    return info, config, str(ckpt)
+    return info
+
+
+@pytest.fixture(params=ENTRIES, ids=[i.name for i in ENTRIES])
+def entry(request):
+    return _require(request.param)
 
 
 def _params(dtype=torch.float32, seed=0):
@@ -37,10 +45,8 @@ def _params(dtype=torch.float32, seed=0):
     return [(n, torch.nn.Parameter((0.5 * torch.randn(s, generator=g)).to(dtype))) for n, s in SHAPES.items()]
 
 
-def _build(entry, named, backend="naive", **overrides):
-    info, config, ckpt = entry
-    config = dataclasses.replace(config, torch_kwargs={**config.torch_kwargs, **overrides}) if overrides else config
-    return info.make_torch(named, ckpt, config, info.backend_kwargs(backend, parity=True))
+def _build(info, named, backend="naive", **overrides):
+    return info.build(named, run_on=backend, **overrides)
 
 
 def _grads(named, step, scale=0.1):
@@ -49,22 +55,118 @@ def _grads(named, step, scale=0.1):
         p.grad = (scale * torch.randn(p.shape, generator=g)).to(p.dtype)
 
 
-def _step(entry, opt, step):
-    info = entry[0]
+def _step(info, opt, step):
     loss = 2.0 / (1 + step)
     return opt.step(loss=loss) if info.needs_loss else opt.step()
 
 
-def _run(entry, opt, named, steps, start=0):
+def _run(info, opt, named, steps, start=0):
     for s in range(start, start + steps):
         _grads(named, s)
-        _step(entry, opt, s)
+        _step(info, opt, s)
 
 
 def _snapshot(named):
     return {n: p.detach().clone() for n, p in named}
 
 
+def _equal_trees(a, b):
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_equal_trees(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_equal_trees(x, y) for x, y in zip(a, b))
+    return a == b or (isinstance(a, float) and math.isnan(a) and math.isnan(b))
+
+
+# ------------------------------------------------------------- the database
+def test_the_database_has_every_optimizer_of_the_spec():
+    assert [i.name for i in ENTRIES] == list(optimizer_names())
+    for info in ENTRIES:
+        assert (info.recommended.__name__, info.naive.__name__) == info.spec.classes
+        assert set(info.backends) == {"naive", "foreach", "fused", "triton"}
+
+
+def test_the_database_needs_no_jax():
+    code = ("import sys, pylo.parity_tests.optim_db\n"
+            "print(sorted(m for m in ('jax', 'flax', 'optax', 'pylo.reference_jax') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+# ------------------------------------------------------ inputs and backends
+@pytest.mark.parametrize("info,inp", VALID)
+def test_valid_inputs_build_and_step(info, inp):
+    _require(info)
+    for cls in (info.naive, info.recommended):
+        named = _params()
+        opt = info.build(named, cls, run_on=None, **inp.kwargs)
+        _run(info, opt, named, 2)
+        for n, p in named:
+            assert torch.isfinite(p).all(), f"{cls.__name__}({inp.kwargs}): {n}"
+
+
+@pytest.mark.parametrize("info,which,err", ERRORS)
+def test_error_inputs_are_refused(info, which, err):
+    _require(info)
+    with pytest.raises(err.error, match=err.match):
+        info.build(_params(), getattr(info, which), run_on=None, **err.kwargs)
+
+
+@pytest.mark.parametrize("info,which", CLASSES)
+def test_foreach_true_is_honoured(info, which):
+    _require(info)
+    named = _params()
+    opt = info.build(named, getattr(info, which), run_on=None, foreach=True)
+    for group in opt.param_groups:
+        assert group["backend"] == "foreach"
+        assert resolve_backend(group["backend"], CPU) == "foreach" == resolve_backend(group["backend"], CUDA)
+    twin = _params()
+    _run(info, opt, named, 2)
+    _run(info, _build(info, twin, "foreach"), twin, 2)
+    for (n, p), (_, q) in zip(named, twin):
+        assert torch.equal(p, q), n
+
+
+def test_the_naive_class_default_is_foreach_on_cuda_and_naive_elsewhere(entry):
+    opt = entry.build(_params(), entry.naive, run_on=None)
+    for group in opt.param_groups:
+        assert resolve_backend(group["backend"], CUDA) == "foreach"
+        assert resolve_backend(group["backend"], CPU) == "naive"
+
+
+def test_the_recommended_class_default_is_auto_fused_on_cpu(entry):
+    opt = entry.build(_params(), entry.recommended, run_on=None)
+    for group in opt.param_groups:
+        assert group["backend"] == "auto"
+        assert resolve_backend(group["backend"], CPU) == "fused"
+
+
+def test_the_constructed_backend_survives_load_state_dict(entry):
+    named = _params()
+    saved = _build(entry, named, "fused")  # tiny chunks
+    _run(entry, saved, named, 2)
+    opt = _build(entry, [(n, torch.nn.Parameter(p.detach().clone())) for n, p in named], "naive")
+    built = [{k: g.get(k) for k in BACKEND_KEYS} for g in opt.param_groups]
+    opt.load_state_dict(saved.state_dict())
+    assert [{k: g.get(k) for k in BACKEND_KEYS} for g in opt.param_groups] == built
+    assert all(g["backend"] != "fused" for g in opt.param_groups)
+
+
+def test_every_backend_matches_the_naive_one(entry):
+    others = [b for b in entry.backends if b != "naive" and optim_db.backend_available(b)]
+    ref = _params()
+    _run(entry, _build(entry, ref, "naive"), ref, 4)
+    for backend in others:
+        got = _params()
+        _run(entry, _build(entry, got, backend), got, 4)
+        for (n, p), (_, q) in zip(ref, got):
+            torch.testing.assert_close(q, p, rtol=0, atol=1e-6, msg=f"{backend}: {n}")
+
+
+# ------------------------------------------------------ torch.optim conventions
 def test_state_dict_resume_is_bit_exact(entry):
     named = _params()
     opt = _build(entry, named)
@@ -94,16 +196,6 @@ def test_load_state_dict_leaves_the_callers_dict_alone(entry):
     opt2.load_state_dict(sd)
     _run(entry, opt2, named, 2, start=3)
     assert _equal_trees(sd, before)
-
-
-def _equal_trees(a, b):
-    if isinstance(a, torch.Tensor):
-        return isinstance(b, torch.Tensor) and torch.equal(a, b)
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(_equal_trees(a[k], b[k]) for k in a)
-    if isinstance(a, (list, tuple)):
-        return len(a) == len(b) and all(_equal_trees(x, y) for x, y in zip(a, b))
-    return a == b or (isinstance(a, float) and math.isnan(a) and math.isnan(b))
 
 
 def test_param_groups_hold_no_tensors(entry):
@@ -243,22 +335,3 @@ def test_non_finite_gradients_raise_and_change_nothing(entry, bad):
         _step(entry, opt, 2)
     assert all(torch.equal(before[n], p.detach()) for n, p in named)
     assert _equal_trees(opt.state_dict(), state_before)
-
-
-def test_every_backend_matches_the_naive_one(entry):
-    info = entry[0]
-    others = [b for b in info.backends if b != "naive"]
-    if not others:
-        pytest.skip("only a naive backend")
-    ref = _params()
-    _run(entry, _build(entry, ref, "naive"), ref, 4)
-    for backend in others:
-        got = _params()
-        _run(entry, _build(entry, got, backend), got, 4)
-        for (n, p), (_, q) in zip(ref, got):
-            torch.testing.assert_close(q, p, rtol=0, atol=1e-6, msg=f"{backend}: {n}")
-
-
-def test_negative_lr_is_rejected(entry):
-    with pytest.raises(ValueError, match="lr"):
-        _build(entry, _params(), lr=-1.0)

@@ -27,7 +27,8 @@ def test_wheel_installs_only_the_pylo_namespace(wheel):
     tops = {n.split("/")[0] for n in names}
     assert {t for t in tops if not t.endswith(".dist-info")} == {"pylo"}
     for module in ("pylo/reference_jax/adafac_mlp_lopt.py", "pylo/converters/cli.py",
-                   "pylo/parity_tests/registry.py", "pylo/checkpoints/registry.json", "pylo/spec/shapes.py"):
+                   "pylo/parity_tests/registry.py", "pylo/parity_tests/optim_db.py",
+                   "pylo/parity_tests/configs.py", "pylo/checkpoints/registry.json", "pylo/spec/shapes.py"):
         assert module in names, module
 
 

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 
 import pylo.optim as optim
+from pylo.core.chunked import DEFAULT_CHUNK
+from pylo.spec import OPTIMIZERS
 
 SPEC = Path(os.environ.get("PYLO_SHARED_SPEC", Path(__file__).resolve().parents[3] / "shared" / "spec"))
 DEPARTURES = {
@@ -58,3 +60,20 @@ def test_aliases_and_mulo_wrapper():
         assert a is n or issubclass(a, n), alias
     params = inspect.signature(optim.MuLO_naive).parameters
     assert list(params)[:2] == ["params", "impl"] and params["impl"].default is optim.AdafacLO_naive
+
+
+def test_every_class_takes_the_one_backend_rule():
+    """``backend=None, foreach=None, chunk_size=DEFAULT_CHUNK`` for every class: the recommended ``X``
+    differs from ``X_naive`` only by its class default (``"auto"``), so an explicit ``foreach=`` wins in both."""
+    want = {"backend": None, "foreach": None, "chunk_size": DEFAULT_CHUNK}
+    other = {}
+    for spec in OPTIMIZERS.values():
+        for name in spec.classes:
+            cls = getattr(optim, name)
+            if not inspect.isclass(cls):  # MuLO's wrappers hand every keyword to AdafacLO
+                continue
+            params = inspect.signature(cls).parameters
+            got = {k: params[k].default if k in params else "absent" for k in want}
+            if got != want:
+                other[name] = got
+    assert not other, other
