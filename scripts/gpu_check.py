@@ -24,13 +24,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Callable, Dict, List
 
 if "--device" in sys.argv and "cpu" in sys.argv:  # the interpreter must be chosen before triton is imported
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import torch  # noqa: E402
 
+from pylo.parity_tests import optim_db  # noqa: E402
 from pylo.spec import OPTIMIZERS  # noqa: E402
 
 #: the drift and bf16 shapes: the parity fixture's kinds, with a matrix large enough for many kernel blocks
@@ -39,32 +40,17 @@ SHAPES = {"scalar": (), "vector": (37,), "wide": (16, 300), "square": (256, 256)
 DRY_SHAPES = {"scalar": (), "vector": (5,), "wide": (3, 9), "conv": (4, 3, 2, 2)}
 
 
-def networks(dry: bool) -> Dict[str, callable]:
-    """Random meta-networks of the published sizes (small ones for ``--dry``), seeded."""
-    from pylo.models import CELO2MLP, HyperNetwork, MetaMLP
-
-    def seeded(make):
-        def build():
-            torch.manual_seed(0)
-            return make()
-        return build
-
-    velo = dict(lstm_hidden_size=24, param_inits=8) if dry else dict(lstm_hidden_size=512, param_inits=256)
-    return {"adafaclo": seeded(lambda: MetaMLP(39, 32, 1)), "elo": seeded(lambda: MetaMLP(39, 32, 1)),
-            "velo": lambda: HyperNetwork.random(seed=3, std=0.02, **velo),
-            "celo": lambda: HyperNetwork.random(seed=4, std=0.02, lstm_input_size=18, lstm_hidden_size=64,
-                                                param_inits=1),
-            "celo2": seeded(CELO2MLP), "elo_celo2": seeded(CELO2MLP)}
+def networks(dry: bool) -> Dict[str, Callable[[], torch.nn.Module]]:
+    """Each optimizer's random meta-network from the optimizer database: the published size (small for
+    ``--dry``). MuLO is left out: it runs AdafacLO's kernels."""
+    return {info.name: (lambda info=info: info.make_small_network(0) if dry else info.make_network())
+            for info in optim_db.DATABASE if info.make_network is not None}
 
 
 def build(name: str, named, network, backend: str, num_steps: int):
-    import pylo.optim
-
-    cls = getattr(pylo.optim, OPTIMIZERS[name].classes[1])
-    kwargs = dict(network=network, backend=backend)
-    if OPTIMIZERS[name].needs_loss:
-        kwargs["num_steps"] = num_steps
-    return cls(named, **kwargs)
+    info = optim_db.get(name)
+    kwargs = {"num_steps": num_steps} if info.horizon is not None else {}
+    return info.construct(info.naive, named, network=network, **info.backend_kwargs(backend), **kwargs)
 
 
 def make_params(shapes, device, dtype, seed=0):

@@ -248,7 +248,7 @@ def _parser():
                                        "  taskset -c 0 pylo-bench --threads 1   # one core, torch and XLA alike",
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workload", action="append", choices=sorted(workloads.WORKLOADS),
-                   help="built-in workload (repeatable; default: all)")
+                   help="built-in workload (repeatable; default: mlp and transformer)")
     p.add_argument("--shapes", help="a custom workload: shapes like 1024x1024,512")
     p.add_argument("--optimizer", action="append", help="only this optimizer (repeatable)")
     p.add_argument("--backend", action="append", help="only this backend (repeatable)")
@@ -286,7 +286,7 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"pylo-bench: {e}", file=sys.stderr)
         return 2
-    for name in args.workload or ([] if shapes else sorted(workloads.WORKLOADS)):
+    for name in args.workload or ([] if shapes else workloads.DEFAULT_WORKLOADS):
         shapes[name] = workloads.WORKLOADS[name]()
     if args.threads is not None:
         try:

@@ -21,6 +21,20 @@ def transformer() -> List[Tuple[str, Shape]]:
     return [("embed.weight", (50000, 64))] + [(f"block{i}.weight", (1024, 1024)) for i in range(8)]
 
 
+def vit_b16() -> List[Tuple[str, Shape]]:
+    """ViT-B/16 at 224 px with a 1000-class head (86.6 M parameters): the PyLO paper's workload."""
+    d, mlp_dim = 768, 3072
+    out = [("patch_embed.weight", (d, 3, 16, 16)), ("patch_embed.bias", (d,)), ("cls_token", (1, 1, d)),
+           ("pos_embed", (1, 197, d))]
+    for i in range(12):
+        b = f"blocks.{i}."
+        out += [(b + "norm1.weight", (d,)), (b + "norm1.bias", (d,)), (b + "attn.qkv.weight", (3 * d, d)),
+                (b + "attn.qkv.bias", (3 * d,)), (b + "attn.proj.weight", (d, d)), (b + "attn.proj.bias", (d,)),
+                (b + "norm2.weight", (d,)), (b + "norm2.bias", (d,)), (b + "mlp.fc1.weight", (mlp_dim, d)),
+                (b + "mlp.fc1.bias", (mlp_dim,)), (b + "mlp.fc2.weight", (d, mlp_dim)), (b + "mlp.fc2.bias", (d,))]
+    return out + [("norm.weight", (d,)), ("norm.bias", (d,)), ("head.weight", (1000, d)), ("head.bias", (1000,))]
+
+
 def parse_shapes(text: str) -> List[Tuple[str, Shape]]:
     """``"1024x1024,512,3x3x64x64"`` -> named shapes."""
     out = []
@@ -37,7 +51,9 @@ def parse_shapes(text: str) -> List[Tuple[str, Shape]]:
     return out
 
 
-WORKLOADS: Dict[str, callable] = {"mlp": mlp, "transformer": transformer}
+WORKLOADS: Dict[str, callable] = {"mlp": mlp, "transformer": transformer, "vit_b16": vit_b16}
+#: what `pylo-bench` runs without --workload (ViT-B/16 is asked for by name: 86 M parameters)
+DEFAULT_WORKLOADS = ("mlp", "transformer")
 
 
 def numel(shapes: List[Tuple[str, Shape]]) -> int:
