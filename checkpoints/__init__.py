@@ -33,8 +33,8 @@ class KnownCheckpoint:
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"registry entry {self.name!r}: optimizer {self.optimizer!r} is not a pylo.spec.OPTIMIZERS "
-                             f"name (known: {', '.join(OPTIMIZERS)})")
+            raise ValueError(f"registry entry {self.name!r}: optimizer {self.optimizer!r} is not a "
+                             f"pylo.spec.OPTIMIZERS name (known: {', '.join(OPTIMIZERS)})")
 
 
 def known() -> List[KnownCheckpoint]:

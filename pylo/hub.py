@@ -77,7 +77,8 @@ def merge_velo_hub_pair(parts: Sequence[Checkpoint]) -> Checkpoint:
     config = hyper_network_geometry({k: tuple(v.shape) for k, v in tensors.items()}, origin)
     scratch = velo_mlp_hub_scratch(config["input_size"], config["hidden_size"], config["hidden_layers"],
                                    config["output_size"])
-    for slot in (*scratch.input.tensors(), *scratch.output.tensors(), *(t for h in scratch.hidden for t in h.tensors())):
+    hidden = (t for layer in scratch.hidden for t in layer.tensors())
+    for slot in (*scratch.input.tensors(), *scratch.output.tensors(), *hidden):
         t = tensors.pop(f"{MLP_PREFIX}{slot.key}", None)
         if t is None:
             raise CheckpointError(f"{mlp.origin}: missing {slot.key} (the published VeLO_MLP layout has it)")

@@ -27,7 +27,7 @@ or as optax: ``reference_jax.optax_adapter.as_optax(opt, num_steps)``.
 from __future__ import annotations
 
 import functools
-from typing import Any, Optional
+from typing import Any
 
 import flax
 import jax

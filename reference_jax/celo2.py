@@ -20,12 +20,11 @@ schedule): ``init_lr = peak_lr = end_lr = lr`` makes ``lr_fn`` the constant
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import flax
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from pylo.reference_jax import common

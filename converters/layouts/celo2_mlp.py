@@ -60,7 +60,8 @@ def _celo2_config(leaves: Dict[Path, np.ndarray]) -> Dict:
 
 
 def celo2_rules(config: Dict) -> List[TensorRule]:
-    """CELO2MLP: ``ff_mod_stack/~/w0__i`` <-> block ``i``, ``b0`` <-> its bias, ``w<j>``/``b<j>`` <-> dense layer ``j-1``."""
+    """CELO2MLP: ``ff_mod_stack/~/w0__i`` <-> block ``i``, ``b0`` <-> its bias,
+    ``w<j>``/``b<j>`` <-> dense layer ``j-1``."""
     hidden_size, hidden_layers = geometry(config, ("hidden_size", "hidden_layers"))
     output_size = config.get("output_size", _DEFAULT_OUTPUTS)
     layout = celo2_mlp_layout(geometry(config, ("feature_dims",))[0], hidden_size, hidden_layers, output_size)

@@ -55,7 +55,8 @@ def _mulo_defaults() -> Dict:
 
 
 def _describe_meta_mlp(config: Dict) -> str:
-    return (f"MLP {config['input_size']} -> {config['hidden_size']} x {config['hidden_layers'] + 1} -> {META_MLP_OUTPUTS} "
+    return (f"MLP {config['input_size']} -> {config['hidden_size']} x {config['hidden_layers'] + 1} -> "
+            f"{META_MLP_OUTPUTS} "
             f"(upstream hidden_size={config['hidden_size']}, hidden_layers={config['hidden_layers'] + 1})")
 
 

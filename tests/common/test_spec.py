@@ -25,7 +25,8 @@ CONFIGS = {
                        "hidden_layers": 3, "output_size": 4}],
     "celo2_mlp": [{}, {"feature_dims": (2, 3), "hidden_layers": 1, "output_size": 2},
                   {"hidden_size": 3, "hidden_layers": 4, "activation": "tanh"}],
-    "velo_rnn": [{"lstm_hidden_size": 8, "param_inits": 4}, {"input_size": 18, "lstm_hidden_size": 3, "param_inits": 1}],
+    "velo_rnn": [{"lstm_hidden_size": 8, "param_inits": 4},
+                 {"input_size": 18, "lstm_hidden_size": 3, "param_inits": 1}],
     "velo_mlp": [{"param_inits": 4}, {"param_inits": 2, "input_size": 9, "hidden_size": 5, "hidden_layers": 0},
                  {"param_inits": 3, "hidden_layers": 2, "output_size": 5}],
 }
@@ -173,7 +174,8 @@ def test_network_spec_optimizers_are_spec_names_and_fit_their_module():
     for spec in specs:
         for name in spec.optimizers:
             assert name in OPTIMIZERS
-            assert f"{spec.module_type.__module__}:{spec.module_type.__name__}" == NETWORKS[OPTIMIZERS[name].network].module
+            module = f"{spec.module_type.__module__}:{spec.module_type.__name__}"
+            assert module == NETWORKS[OPTIMIZERS[name].network].module
         covered |= set(spec.optimizers)
     assert covered == set(optimizer_names())
 
