@@ -16,6 +16,7 @@ from pylo.converters.layouts.celo2_mlp import FF
 from pylo.converters.layouts.rules import Rules, ThetaLayout, concat_rule, geometry, linear_rules, tensor_rule
 from pylo.converters.tree import Path, path_str
 from pylo.errors import CheckpointError
+from pylo.spec import OPTIMIZERS
 from pylo.spec.features import HYPER_GROUP_WIDTHS, HYPER_GROUPS, celo_lstm_input_size, hyper_decay_counts, \
     velo_lstm_input_size
 from pylo.spec.networks import VELO_RNN_LINEARS, hyper_network_layout
@@ -147,33 +148,23 @@ def _describe_hyper(name: str) -> Callable[[Dict], str]:
     return describe
 
 
-def _hyper_looks_like(celo: bool) -> Callable[[Dict[Path, np.ndarray]], bool]:
+def _hyper_layout(name: str, optimizer: str, infer_config: Callable[[Dict[Path, np.ndarray]], Dict],
+                  **extra: Any) -> ThetaLayout:
+    """VeLO's and Celo's layouts differ only in the LSTM's inputs (and what a config.gin may say)."""
+    celo = optimizer == "celo"
+
     def looks_like(leaves: Dict[Path, np.ndarray]) -> bool:
         mix = leaves.get(RNN + ("linear_1", "w"))
         return (FF + ("w0__0",) in leaves and RNN + ("rnn/linear", "w") in leaves and mix is not None
                 and mix.ndim == 2 and (mix.shape[0] == CELO_LSTM_INPUTS) == celo)
-    return looks_like
+
+    return ThetaLayout(name=name, network="hyper_network", optimizers=(optimizer,), looks_like=looks_like,
+                       infer_config=infer_config, rules=hyper_rules,
+                       describe=_describe_hyper(OPTIMIZERS[optimizer].classes[0]),
+                       field_orders=((LSTM_STATE, ("hidden", "cell")),), **extra)
 
 
-VELO = ThetaLayout(
-    name="HyperV2 theta (VeLO: rnn_params LSTM + ff_mod_stack bank)",
-    network="hyper_network",
-    optimizers=("velo",),
-    looks_like=_hyper_looks_like(celo=False),
-    infer_config=_velo_config,
-    rules=hyper_rules,
-    describe=_describe_hyper("VeLO"),
-    field_orders=((LSTM_STATE, ("hidden", "cell")),),
-    training_config=_velo_training_config,
-)
-
-CELO = ThetaLayout(
-    name=f"Celo theta (rnn_params LSTM over {CELO_LSTM_INPUTS} features + ff_mod_stack)",
-    network="hyper_network",
-    optimizers=("celo",),
-    looks_like=_hyper_looks_like(celo=True),
-    infer_config=_celo_config,
-    rules=hyper_rules,
-    describe=_describe_hyper("Celo"),
-    field_orders=((LSTM_STATE, ("hidden", "cell")),),
-)
+VELO = _hyper_layout("HyperV2 theta (VeLO: rnn_params LSTM + ff_mod_stack bank)", "velo", _velo_config,
+                     training_config=_velo_training_config)
+CELO = _hyper_layout(f"Celo theta (rnn_params LSTM over {CELO_LSTM_INPUTS} features + ff_mod_stack)", "celo",
+                     _celo_config)

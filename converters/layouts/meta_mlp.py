@@ -7,13 +7,14 @@ decay offsets, stored in the torch config; ELO's theta has only the MLP.
 
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Any, Dict, List, Tuple
 
 import numpy as np
 
 from pylo.converters.layouts.rules import ConfigRule, Rules, TensorRule, ThetaLayout, geometry, linear_rules
 from pylo.converters.tree import Path
 from pylo.errors import CheckpointError
+from pylo.spec import OPTIMIZERS
 from pylo.spec.features import DECAY_COUNTS
 from pylo.spec.networks import META_MLP_OUTPUTS, MULO_DECAY_OFFSETS, meta_mlp_layout
 
@@ -60,23 +61,18 @@ def _describe_meta_mlp(config: Dict) -> str:
             f"(upstream hidden_size={config['hidden_size']}, hidden_layers={config['hidden_layers'] + 1})")
 
 
-ADAFAC_MLP = ThetaLayout(
-    name="AdafacMLPLOpt theta (nn/~ MLP + learned decays)",
-    network="meta_mlp",
-    optimizers=("adafaclo", "mulo"),
-    looks_like=lambda leaves: NN + ("w0",) in leaves and (DECAY_KEYS[0],) in leaves,
-    infer_config=_meta_mlp_config,
-    rules=_adafac_rules,
-    describe=lambda c: "AdafacLO / MuLO: " + _describe_meta_mlp(c),
-    config_defaults=_mulo_defaults,
-)
+def _meta_layout(name: str, optimizers: Tuple[str, ...], learned_decays: bool, **extra: Any) -> ThetaLayout:
+    """AdafacMLPLOpt's and ELO's layouts differ only in the learned decay offsets beside the MLP."""
+    def looks_like(leaves: Dict[Path, np.ndarray]) -> bool:
+        return NN + ("w0",) in leaves and ((DECAY_KEYS[0],) in leaves) == learned_decays
 
-ELO_MLP = ThetaLayout(
-    name="ELO theta (nn/~ MLP, no learned decays)",
-    network="meta_mlp",
-    optimizers=("elo",),
-    looks_like=lambda leaves: NN + ("w0",) in leaves and (DECAY_KEYS[0],) not in leaves,
-    infer_config=_meta_mlp_config,
-    rules=lambda config: (meta_mlp_rules(config), []),
-    describe=lambda c: "ELO: " + _describe_meta_mlp(c),
-)
+    names = " / ".join(OPTIMIZERS[o].classes[0] for o in optimizers)
+    return ThetaLayout(name=name, network="meta_mlp", optimizers=optimizers, looks_like=looks_like,
+                       infer_config=_meta_mlp_config,
+                       rules=_adafac_rules if learned_decays else lambda config: (meta_mlp_rules(config), []),
+                       describe=lambda c: f"{names}: " + _describe_meta_mlp(c), **extra)
+
+
+ADAFAC_MLP = _meta_layout("AdafacMLPLOpt theta (nn/~ MLP + learned decays)", ("adafaclo", "mulo"), True,
+                          config_defaults=_mulo_defaults)
+ELO_MLP = _meta_layout("ELO theta (nn/~ MLP, no learned decays)", ("elo",), False)

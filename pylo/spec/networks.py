@@ -115,7 +115,7 @@ _BLOCK, _BIAS, _DENSE_W, _DENSE_B = "w0.", "b0", "dense_w.", "dense_b."
 
 
 def celo2_mlp_layout(feature_dims: Sequence[int], hidden_size: int, hidden_layers: int,
-                     output_size: int = 3) -> CELO2MLPLayout:
+                     output_size: int) -> CELO2MLPLayout:
     sizes = [hidden_size] * hidden_layers + [output_size]
     return CELO2MLPLayout(
         blocks=tuple(Tensor(f"{_BLOCK}{i}", (int(d), hidden_size)) for i, d in enumerate(feature_dims)),
