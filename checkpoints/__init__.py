@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Dict, List, Optional
 
+from pylo.spec import OPTIMIZERS
+
 
 @dataclass(frozen=True)
 class KnownCheckpoint:
@@ -28,6 +30,11 @@ class KnownCheckpoint:
     sha256: Optional[str] = None
     size_bytes: Optional[int] = None
     notes: str = ""
+
+    def __post_init__(self):
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"registry entry {self.name!r}: optimizer {self.optimizer!r} is not a "
+                             f"pylo.spec.OPTIMIZERS name (known: {', '.join(OPTIMIZERS)})")
 
 
 def known() -> List[KnownCheckpoint]:

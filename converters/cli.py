@@ -14,8 +14,9 @@ from typing import List, Optional
 
 from pylo.converters.convert import CONTAINERS, convert, inspect_source, list_known, to_jax
 from pylo.errors import PyloError
+from pylo.spec import optimizer_names
 
-OPTIMIZERS = ("adafaclo", "mulo", "velo", "celo2", "elo_celo2", "elo", "celo")
+OPTIMIZERS = optimizer_names()
 
 EPILOG = """\
 inputs (recognised by content):

@@ -11,28 +11,27 @@ from pylo import checkpoints
 from pylo.checkpoint_io import FORMAT_VERSION, META_KEY, write_bytes_atomic, write_checkpoint
 from pylo.converters import flax_msgpack
 from pylo.converters.gin_config import parse_bindings
-from pylo.converters.mappings import Family, family_for, guess_family
+from pylo.converters.mappings import ThetaLayout, guess_layout, layout_for, theta_to_torch, torch_to_theta
 from pylo.converters.sources import Source, read_source, wrap
 from pylo.converters.tree import array_leaves, flatten, path_str
 from pylo.errors import CheckpointError
+from pylo.hub import merge_velo_hub_pair
 
 CONTAINERS = ("auto", "bare", "parameter-checkpoint", "tuple")
 
 
-def _family_of_torch_source(source: Source, optimizer: Optional[str]) -> Family:
+def _layout_of_torch_source(source: Source, optimizer: Optional[str]) -> ThetaLayout:
     recorded = source.checkpoint.optimizer
     if optimizer is None and recorded is None:
         raise CheckpointError(f"{source.path}: checkpoint does not say which optimizer it is for; pass --optimizer")
-    fam = family_for(optimizer or recorded)
-    if recorded is not None and recorded not in fam.optimizers:
+    layout = layout_for(optimizer or recorded)
+    if recorded is not None and recorded not in layout.optimizers:
         raise CheckpointError(f"{source.path}: checkpoint is for {recorded!r}, not {optimizer!r}")
-    return fam
+    return layout
 
 
 def _hub_pair(rnn_src, mlp_src, optimizer: str) -> Source:
     """The published VeLO hub pair (``VeLO_RNN`` + ``VeLO_MLP`` folders) as one torch source."""
-    from pylo.models.hyper_network import merge_hub_parts
-
     if optimizer != "velo":
         raise CheckpointError(f"--mlp is for VeLO's published VeLO_RNN + VeLO_MLP folders, not {optimizer!r}")
     parts = [read_source(p) for p in (rnn_src, mlp_src)]
@@ -40,7 +39,7 @@ def _hub_pair(rnn_src, mlp_src, optimizer: str) -> Source:
         if part.is_jax:
             raise CheckpointError(f"{part.path}: --mlp pairs two PyTorchModelHubMixin folders; this is a "
                                   "JAX checkpoint (convert it alone)")
-    merged = merge_hub_parts([part.checkpoint for part in parts])
+    merged = merge_velo_hub_pair([part.checkpoint for part in parts])
     origin = {"format": "PyLO hub pair (VeLO_RNN + VeLO_MLP)", "files": [Path(part.path).name for part in parts]}
     return Source(merged.origin, "torch", checkpoint=merged, meta={"origin": origin})
 
@@ -52,11 +51,11 @@ def convert(src, dst, optimizer: str, *, overwrite: bool = False, mlp=None) -> P
     ``mlp`` the ``VeLO_MLP`` folder; ``dst`` then holds both parts in one folder.
     Returns the folder. Nothing is written if any check fails.
     """
-    fam = family_for(optimizer)
+    layout = layout_for(optimizer)
     source = read_source(src) if mlp is None else _hub_pair(src, mlp, optimizer)
     training: Dict = {}
     if source.is_jax:
-        config, tensors = fam.to_torch(source.theta, source.path)
+        config, tensors = theta_to_torch(layout, source.theta, source.path)
         origin = {"format": source.format, "container": source.container, **source.meta,
                   "file": Path(source.path).name}
         if source.gin_config is not None:
@@ -64,16 +63,16 @@ def convert(src, dst, optimizer: str, *, overwrite: bool = False, mlp=None) -> P
         known = checkpoints.by_sha256(source.meta.get("sha256", ""))
         if known is not None:
             origin["registry"] = known.name
-        if fam.training_config is not None:
+        if layout.training_config is not None:
             gin = parse_bindings(source.gin_config) if source.gin_config else {}
             try:
-                training = fam.training_config(source.container, gin, config)
+                training = layout.training_config(source.container, gin, config)
             except CheckpointError as e:
                 raise CheckpointError(f"{source.path}: {e}") from None
     else:
-        _family_of_torch_source(source, optimizer)
-        theta = fam.to_jax(source.checkpoint.config, source.checkpoint.tensors, source.path)  # validates
-        config, tensors = fam.to_torch(theta, source.path)
+        _layout_of_torch_source(source, optimizer)
+        theta = torch_to_theta(layout, source.checkpoint.config, source.checkpoint.tensors, source.path)  # validates
+        config, tensors = theta_to_torch(layout, theta, source.path)
         meta = source.checkpoint.config.get(META_KEY, {})
         origin = (dict(meta.get("source", {})) or source.meta.get("origin")
                   or {"format": "pylo/PyLO hub folder", "file": Path(source.path).name})
@@ -91,9 +90,9 @@ def to_jax(src, dst, optimizer: Optional[str] = None, *, container: str = "auto"
     source = read_source(src)
     if source.is_jax:
         raise CheckpointError(f"{source.path}: already a JAX checkpoint ({source.format})")
-    fam = _family_of_torch_source(source, optimizer)
+    layout = _layout_of_torch_source(source, optimizer)
     ckpt = source.checkpoint
-    theta = fam.to_jax(ckpt.config, ckpt.tensors, source.path)
+    theta = torch_to_theta(layout, ckpt.config, ckpt.tensors, source.path)
     origin = ckpt.config.get(META_KEY, {}).get("source", {})
     kind = {"bare": "bare theta", "parameter-checkpoint": "ParameterCheckpoint", "tuple": "tuple"}.get(
         container, origin.get("container", "bare theta"))
@@ -137,15 +136,15 @@ def inspect_source(src) -> str:
 
 
 def _looks_like(theta: Dict) -> str:
-    fam = guess_family(theta)
-    if fam is None:
+    layout = guess_layout(theta)
+    if layout is None:
         return "no known learned optimizer"
     try:
-        config = fam.infer_config(array_leaves(theta))
-        fam.to_torch(theta, "theta")
+        config = layout.infer_config(array_leaves(theta))
+        theta_to_torch(layout, theta, "theta")
     except CheckpointError as e:
-        return f"{fam.name}, but it does not convert: {e}"
-    return f"{fam.describe(config)}  -> pylo-convert SRC DST --optimizer {fam.optimizers[0]}"
+        return f"{layout.name}, but it does not convert: {e}"
+    return f"{layout.describe(config)}  -> pylo-convert SRC DST --optimizer {layout.optimizers[0]}"
 
 
 def list_known() -> str:

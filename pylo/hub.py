@@ -1,4 +1,4 @@
-"""Downloading meta-networks from the Hugging Face Hub.
+"""Downloading meta-networks from the Hugging Face Hub (and joining VeLO's published two-part layout).
 
 Real ``huggingface_hub`` code: it honours ``HF_HUB_OFFLINE`` (then only the
 local cache is read), ``HF_HUB_CACHE``/``HF_HOME``, and a revision pinned with
@@ -9,10 +9,11 @@ local cache is read), ``HF_HUB_CACHE``/``HF_HOME``, and a revision pinned with
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 from pylo.checkpoint_io import CONFIG_NAME, Checkpoint, read_checkpoint
 from pylo.errors import CheckpointError, HubUnavailableError
+from pylo.spec.networks import HUB_PART_KEYS, MLP_PREFIX, RNN_PREFIX, hyper_network_geometry, velo_mlp_hub_scratch
 
 
 def split_hub_key(key: str) -> Tuple[str, Optional[str]]:
@@ -55,3 +56,32 @@ def fetch_hub_checkpoint(key: str, cache_dir: Optional[str] = None) -> Checkpoin
     ckpt = read_checkpoint(hub_snapshot(key, cache_dir))
     ckpt.origin = f"hub:{key}"
     return ckpt
+
+
+def merge_velo_hub_pair(parts: Sequence[Checkpoint]) -> Checkpoint:
+    """One :class:`~pylo.models.HyperNetwork` checkpoint from the published ``VeLO_RNN`` and ``VeLO_MLP`` folders.
+
+    Keys are prefixed ``rnn.`` / ``mlp.``; the MLP's scratch slots (one interpolated MLP, no
+    meta-parameters) are checked (names and shapes) and dropped. Anything else unexpected stays
+    and is refused by strict loading. Keys and shapes come from :mod:`pylo.spec.networks`.
+    """
+    if len(parts) != 2:
+        raise CheckpointError(f"expected the RNN and the MLP hub checkpoints, got {len(parts)}")
+    rnn, mlp = parts
+    for part, kind, name in ((rnn, "velo_rnn", "VeLO_RNN"), (mlp, "velo_mlp", "VeLO_MLP")):
+        if HUB_PART_KEYS[kind] not in part.tensors:
+            raise CheckpointError(f"{part.origin}: not a {name} checkpoint (no {HUB_PART_KEYS[kind]})")
+    tensors = {f"{RNN_PREFIX}{k}": v for k, v in rnn.tensors.items()}
+    tensors.update({f"{MLP_PREFIX}{k}": v for k, v in mlp.tensors.items()})
+    origin = f"{rnn.origin} + {mlp.origin}"
+    config = hyper_network_geometry({k: tuple(v.shape) for k, v in tensors.items()}, origin)
+    scratch = velo_mlp_hub_scratch(config["input_size"], config["hidden_size"], config["hidden_layers"],
+                                   config["output_size"])
+    hidden = (t for layer in scratch.hidden for t in layer.tensors())
+    for slot in (*scratch.input.tensors(), *scratch.output.tensors(), *hidden):
+        t = tensors.pop(f"{MLP_PREFIX}{slot.key}", None)
+        if t is None:
+            raise CheckpointError(f"{mlp.origin}: missing {slot.key} (the published VeLO_MLP layout has it)")
+        if tuple(t.shape) != slot.shape:
+            raise CheckpointError(f"{mlp.origin}: {slot.key} has shape {tuple(t.shape)}, expected {slot.shape}")
+    return Checkpoint(config, tensors, origin)

@@ -27,7 +27,7 @@ or as optax: ``reference_jax.optax_adapter.as_optax(opt, num_steps)``.
 from __future__ import annotations
 
 import functools
-from typing import Any, Optional
+from typing import Any
 
 import flax
 import jax
@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import optax
 
 from pylo.reference_jax import common
+from pylo.spec.features import adafac_input_size
 
 NORMALIZER_EPS = 1e-5
 
@@ -67,9 +68,8 @@ class AdafacMLPLOpt:
     # ----------------------------------------------------------------- theta
     @property
     def num_inputs(self) -> int:
-        k_m, k_r, k_f = (len(self.initial_momentum_decays), len(self.initial_rms_decays),
-                         len(self.initial_adafactor_decays))
-        return 2 + 2 * k_m + 2 * k_r + k_f + 4 * k_f + k_m + len(common.TANH_TIMESCALES)
+        return adafac_input_size(len(self.initial_momentum_decays), len(self.initial_rms_decays),
+                                 len(self.initial_adafactor_decays))
 
     def init(self, key) -> dict:
         """Fresh theta: truncated-normal weights, zero biases, zero decay offsets."""

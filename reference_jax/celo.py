@@ -20,7 +20,8 @@ import jax
 import jax.numpy as jnp
 
 from pylo.reference_jax import common
-from pylo.reference_jax.hyper_v2 import LOSS_BUFFER_SIZE, HyperV2
+from pylo.reference_jax.hyper_v2 import HyperV2
+from pylo.spec.features import celo_lstm_input_size
 
 LR_MULT_SCALE = 0.1
 
@@ -43,7 +44,7 @@ class Celo(HyperV2):
 
     @property
     def num_lstm_inputs(self) -> int:
-        return len(common.FRACTION_OFFSETS) + (LOSS_BUFFER_SIZE - 1)
+        return celo_lstm_input_size()
 
     def lstm_features(self, p, g, m, rms, fraction_trained, loss_features):
         del p, g, m, rms

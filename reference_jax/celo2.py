@@ -20,15 +20,15 @@ schedule): ``init_lr = peak_lr = end_lr = lr`` makes ``lr_fn`` the constant
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import flax
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from pylo.reference_jax import common
+from pylo.spec.features import celo2_group_widths
 
 FF = "ff_mod_stack"
 NORMALIZER_EPS = 1e-9  # Celo2's second-moment normaliser
@@ -97,9 +97,11 @@ class Celo2Transformation:
 
     # ----------------------------------------------------------------- theta
     def feature_widths(self):
-        k_m, k_r, k_f = (len(self.initial_momentum_decays), len(self.initial_rms_decays),
-                         len(self.initial_adafactor_decays))
-        return (1, 1, 1, k_m, k_r, k_m, k_r, k_f, k_r) + (k_f,) * 4 + (k_m,)
+        """The 14 groups' widths (``w0__0 .. w0__13``), as the features have them: ``m / sqrt(rms)`` and
+        ``fac_mom_mult`` broadcast to ``max(k_m, k_rms)`` and ``max(k_m, k_fac)`` channels, which is
+        upstream's ``k_m`` for every decay count its network runs with (``k_m`` at least ``k_rms``, ``k_fac``)."""
+        return celo2_group_widths(len(self.initial_momentum_decays), len(self.initial_rms_decays),
+                                  len(self.initial_adafactor_decays), factored=True)
 
     def init_meta_params(self, key) -> dict:
         """Fresh theta: truncated-normal weights (1/sqrt(fan_in)), zero biases."""

@@ -4,7 +4,8 @@ Written to compute exactly what upstream computes: accumulators are per-decay
 functions vectorised with ``jax.vmap(..., out_axes=-1)``, so states carry a
 trailing decay axis and a per-decay step counter ``t`` of shape ``(k,)``.
 The one deliberate choice is ``factored_dims``, imported from
-``pylo.spec.shapes`` so torch and JAX share one tie-breaking rule.
+``pylo.spec.shapes`` so torch and JAX share one tie-breaking rule. The embeddings'
+timescales and offsets are read from ``pylo.spec.features``, the numbers the torch side uses.
 """
 
 from __future__ import annotations
@@ -16,10 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pylo.spec.features import FRACTION_OFFSETS, TANH_TIMESCALES  # noqa: F401  (re-exported)
 from pylo.spec.shapes import factored_dims  # noqa: F401  (re-exported: the shared rule)
-
-TANH_TIMESCALES = (1, 3, 10, 30, 100, 300, 1000, 3000, 10000, 30000, 100000)
-FRACTION_OFFSETS = (0.03, 0.1, 0.2, 0.4, 0.6, 0.8, 0.9, 1.0, 1.1)
 
 
 class MomAccumulator(NamedTuple):
@@ -179,9 +178,6 @@ def truncated_normal_init(key, shape, fan_in):
     """Haiku's ``TruncatedNormal(stddev=1/sqrt(fan_in))``: truncated at +-2 before scaling."""
     stddev = 1.0 / np.sqrt(fan_in)
     return (stddev * jax.random.truncated_normal(key, -2.0, 2.0, shape, jnp.float32)).astype(jnp.float32)
-
-
-HYPER_GROUP_WIDTHS = (1, 1, 1, 3, 1, 3, 1, 3, 1, 3, 3, 3, 3, 3)
 
 
 def adafactor_feature_groups(m, v_col, v_row, v_diag, shape, *, diag_mom_eps):

@@ -44,13 +44,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from pylo.reference_jax import common
+from pylo.spec.features import LOSS_BUFFER_SIZE, RANK_CLASSES, hyper_group_widths, velo_lstm_input_size
 
 GRAD_CLIP = 1000.0
 RMS_EPS = 1e-6
 NORMALIZER_EPS = 1e-5
-LOSS_BUFFER_SIZE = 10
 BUGGED_LOSS_HORIZON = 10
-RANK_CLASSES = 5
 
 
 class LSTMState(NamedTuple):
@@ -170,14 +169,12 @@ class HyperV2:
     @property
     def group_widths(self) -> Sequence[int]:
         """Widths of the 14 per-element feature groups (``w0__0`` .. ``w0__13``)."""
-        k_m, k_r, k_f = (len(self.initial_momentum_decays), len(self.initial_rms_decays),
-                         len(self.initial_adafactor_decays))
-        return (1, 1, 1, k_m, k_r, max(k_m, k_r), k_r, k_f, k_r, k_f, k_f, k_f, k_f, max(k_m, k_f))
+        return hyper_group_widths(len(self.initial_momentum_decays), len(self.initial_rms_decays),
+                                  len(self.initial_adafactor_decays))
 
     @property
     def num_lstm_inputs(self) -> int:
-        k_m, k_r = len(self.initial_momentum_decays), len(self.initial_rms_decays)
-        return len(common.FRACTION_OFFSETS) + (LOSS_BUFFER_SIZE - 1) + k_r + RANK_CLASSES + k_m + max(k_m, k_r)
+        return velo_lstm_input_size(len(self.initial_momentum_decays), len(self.initial_rms_decays))
 
     # ------------------------------------------------------------ theta
     def _init_ff(self, key):

@@ -17,6 +17,7 @@ from torch import nn
 from pylo.checkpoint_io import META_KEY, Checkpoint, read_checkpoint
 from pylo.errors import CheckpointError
 from pylo.hub import fetch_hub_checkpoint
+from pylo.spec import OPTIMIZERS
 
 
 def _identity_layout(tensors: Dict[str, torch.Tensor], config: Dict) -> Dict[str, torch.Tensor]:
@@ -25,7 +26,7 @@ def _identity_layout(tensors: Dict[str, torch.Tensor], config: Dict) -> Dict[str
 
 @dataclass(frozen=True)
 class NetworkSpec:
-    """How one optimizer family builds and fills its meta-network.
+    """How one or more optimizers build and fill their meta-network.
 
     ``build(config)`` makes the module from a checkpoint config (constructor
     arguments at top level, missing ones taken from the optimizer's own
@@ -38,6 +39,15 @@ class NetworkSpec:
     optimizers: Tuple[str, ...]
     build: Callable[[Dict], nn.Module]
     adapt: Callable[[Dict[str, torch.Tensor], Dict], Dict[str, torch.Tensor]] = field(default=_identity_layout)
+
+    def __post_init__(self):
+        if isinstance(self.optimizers, str) or not self.optimizers:
+            raise ValueError(f"NetworkSpec {self.name!r}: optimizers must be a non-empty tuple of pylo.spec.OPTIMIZERS "
+                             f"names, got {self.optimizers!r}")
+        unknown = [o for o in self.optimizers if o not in OPTIMIZERS]
+        if unknown:
+            raise ValueError(f"NetworkSpec {self.name!r}: {', '.join(map(repr, unknown))} not in pylo.spec.OPTIMIZERS "
+                             f"(known: {', '.join(OPTIMIZERS)})")
 
 
 def load_network(spec: NetworkSpec, *, network: Optional[nn.Module] = None, checkpoint_path=None,
@@ -62,10 +72,10 @@ def load_network(spec: NetworkSpec, *, network: Optional[nn.Module] = None, chec
 
 
 def module_from_checkpoint(spec: NetworkSpec, ckpt: Checkpoint, fallback_config: Optional[Dict] = None) -> nn.Module:
-    family = ckpt.optimizer
-    if family is not None and family not in spec.optimizers:
+    recorded = ckpt.optimizer
+    if recorded is not None and recorded not in spec.optimizers:
         raise CheckpointError(
-            f"{ckpt.origin}: checkpoint is for optimizer {family!r}, which does not fit {spec.name} "
+            f"{ckpt.origin}: checkpoint is for optimizer {recorded!r}, which does not fit {spec.name} "
             f"(expected one of {', '.join(spec.optimizers)})")
     config = {**(fallback_config or {}), **{k: v for k, v in ckpt.config.items() if k != META_KEY}}
     try:

@@ -12,7 +12,7 @@ One definition read by the torch optimizers, the JAX references and the converte
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Sequence, Tuple
 
 #: ``tanh_embedding`` timescales (AdafacMLPLOpt, MuLO, ELO): the step features
 TANH_TIMESCALES = (1, 3, 10, 30, 100, 300, 1000, 3000, 10000, 30000, 100000)
@@ -64,3 +64,20 @@ def velo_lstm_input_size(k_mom: int, k_rms: int) -> int:
 def celo_lstm_input_size() -> int:
     """Celo's LSTM inputs: only the fraction and loss features."""
     return len(FRACTION_OFFSETS) + (LOSS_BUFFER_SIZE - 1)
+
+
+#: the published networks' numbers of momentum, RMS and Adafactor decays (those of :data:`HYPER_GROUP_WIDTHS`)
+DECAY_COUNTS = (3, 1, 3)
+
+
+def hyper_decay_counts(widths: Sequence[int]) -> Optional[Tuple[int, int, int]]:
+    """``(k_mom, k_rms, k_fac)`` whose :func:`hyper_group_widths` are ``widths``; None when no numbers of
+    decays give them (read from the ``m``, ``rms`` and ``fac_g`` groups, then every width is checked).
+
+    >>> hyper_decay_counts(HYPER_GROUP_WIDTHS), hyper_decay_counts((1, 1, 1, 3))
+    ((3, 1, 3), None)
+    """
+    if len(widths) != len(HYPER_GROUPS):
+        return None
+    counts = tuple(int(widths[HYPER_GROUPS.index(g)]) for g in ("m", "rms", "fac_g"))
+    return counts if tuple(widths) == hyper_group_widths(*counts) else None

@@ -46,3 +46,10 @@ def test_parity_cli_writes_reports(tmp_path):
     report = json.loads((tmp_path / "parity.json").read_text())
     assert report["passed"] and report["cases"][0]["max_abs"] <= 1e-6
     assert "| adafaclo | upstream-defaults | naive |" in (tmp_path / "parity.md").read_text()
+
+
+def test_convert_help_offers_exactly_the_spec_optimizers():
+    from pylo.spec import optimizer_names
+
+    out = subprocess.run([script("pylo-convert"), "--help"], capture_output=True, text=True, check=True).stdout
+    assert "{" + ",".join(optimizer_names()) + "}" in out.replace("\n", "").replace(" ", "")

@@ -274,3 +274,42 @@ def test_list_prints_the_registry(capsys):
     assert pylo_convert(["list"]) == 0
     out = capsys.readouterr().out
     assert "btherien/mulo" in out and "amoudgl/celo" in out and "Pauljanson002/VeLO_RNN" in out
+
+
+# ------------------------------------------------------- every optimizer
+def _reference_theta(optimizer):
+    from pylo.reference_jax.adafac_mlp_lopt import AdafacMLPLOpt
+    from pylo.reference_jax.celo import Celo
+    from pylo.reference_jax.celo2 import Celo2Transformation
+    from pylo.reference_jax.elo import ELO_AdafacMLPLOpt
+    from pylo.reference_jax.elo_celo2 import ELO_Celo2LOpt
+    from pylo.reference_jax.hyper_v2 import HyperV2
+
+    key = jax.random.PRNGKey(1)
+    return {"adafaclo": lambda: AdafacMLPLOpt(hidden_size=6).init(key),
+            "mulo": lambda: AdafacMLPLOpt(hidden_size=5, hidden_layers=3).init(key),
+            "elo": lambda: ELO_AdafacMLPLOpt(hidden_size=4).init(key),
+            "velo": lambda: HyperV2(lstm_hidden_size=6, param_inits=3, ff_hidden_layers=3).init(key),
+            "celo": lambda: Celo(lstm_hidden_size=5, param_inits=2).init(key),
+            "celo2": lambda: Celo2Transformation(ff_hidden_size=4, ff_hidden_layers=3).init_meta_params(key),
+            "elo_celo2": lambda: ELO_Celo2LOpt(ff_hidden_size=5).init(key)}[optimizer]()
+
+
+@pytest.mark.parametrize("optimizer", ["adafaclo", "mulo", "elo", "velo", "celo", "celo2", "elo_celo2"])
+def test_converted_tensors_are_the_spec_state_dict_and_load_strictly(tmp_path, optimizer):
+    """The target keys and shapes come from pylo.spec.networks, which are those of the torch module."""
+    import importlib
+
+    from pylo.models.loading import load_strict
+    from pylo.spec import OPTIMIZERS
+    from pylo.spec.networks import NETWORKS
+
+    (tmp_path / "theta.state").write_bytes(flax_serialization.to_bytes(_reference_theta(optimizer)))
+    assert _convert(tmp_path / "theta.state", tmp_path / "out", optimizer) == 0
+    ckpt = read_checkpoint(tmp_path / "out")
+    kind = NETWORKS[OPTIMIZERS[optimizer].network]
+    assert {k: tuple(v.shape) for k, v in ckpt.tensors.items()} == kind.state_dict_shapes(ckpt.config)
+    module_name, cls = kind.module.split(":")
+    module = getattr(importlib.import_module(module_name), cls)(
+        **{k: v for k, v in ckpt.config.items() if k in kind.defaults})
+    load_strict(module, ckpt.tensors, str(tmp_path / "out"))

@@ -101,3 +101,47 @@ def test_bad_hub_keys(key):
 def test_hub_key_with_revision():
     assert split_hub_key("btherien/mulo@v1") == ("btherien/mulo", "v1")
     assert split_hub_key("btherien/mulo") == ("btherien/mulo", None)
+
+
+# ------------------------------------------------ VeLO's published two-part layout
+def _velo_hub_parts(scratch_shape=None):
+    from pylo.checkpoint_io import Checkpoint
+    from pylo.spec.networks import velo_mlp_hub_scratch, velo_mlp_layout, velo_rnn_layout
+
+    rnn = {t.key: torch.randn(t.shape) for t in velo_rnn_layout(30, 8, 4).tensors()}
+    mlp = {t.key: torch.randn(t.shape) for t in velo_mlp_layout(4, 30, 4, 2, 3).tensors()}
+    mlp.update({t.key: torch.randn(t.shape) for t in velo_mlp_hub_scratch(30, 4, 2, 3).tensors()})
+    if scratch_shape is not None:
+        mlp["hidden_bias.1"] = torch.zeros(scratch_shape)
+    return Checkpoint({}, rnn, "VeLO_RNN"), Checkpoint({}, mlp, "VeLO_MLP")
+
+
+def test_velo_hub_pair_joins_into_one_hyper_network():
+    from pylo.hub import merge_velo_hub_pair
+    from pylo.models.loading import load_strict
+    from pylo.models import HyperNetwork
+
+    rnn, mlp = _velo_hub_parts()
+    merged = merge_velo_hub_pair([rnn, mlp])
+    assert merged.config == {"lstm_input_size": 30, "lstm_hidden_size": 8, "param_inits": 4, "input_size": 30,
+                             "hidden_size": 4, "hidden_layers": 2, "output_size": 3}
+    assert merged.origin == "VeLO_RNN + VeLO_MLP"
+    assert torch.equal(merged.tensors["rnn.lstm.linear.weight"], rnn.tensors["lstm.linear.weight"])
+    load_strict(HyperNetwork(**merged.config), merged.tensors, merged.origin)  # scratch slots dropped
+
+
+@pytest.mark.parametrize("case,match", [
+    ("swapped", "VeLO_MLP: not a VeLO_RNN checkpoint .no lstm.linear.weight."),
+    ("one", "expected the RNN and the MLP hub checkpoints, got 1"),
+    ("scratch-shape", r"VeLO_MLP: hidden_bias.1 has shape \(5,\), expected \(4,\)"),
+    ("scratch-missing", "VeLO_MLP: missing output_bias"),
+])
+def test_velo_hub_pair_refuses_what_is_not_the_published_layout(case, match):
+    from pylo.hub import merge_velo_hub_pair
+
+    rnn, mlp = _velo_hub_parts(scratch_shape=(5,) if case == "scratch-shape" else None)
+    if case == "scratch-missing":
+        del mlp.tensors["output_bias"]
+    parts = {"swapped": [mlp, rnn], "one": [rnn]}.get(case, [rnn, mlp])
+    with pytest.raises(CheckpointError, match=match):
+        merge_velo_hub_pair(parts)

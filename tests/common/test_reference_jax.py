@@ -76,3 +76,23 @@ print("ok")
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr
+
+
+def test_references_read_their_constants_and_widths_from_the_spec():
+    from pylo.reference_jax import common, hyper_v2
+    from pylo.reference_jax.celo import Celo
+    from pylo.reference_jax.celo2 import Celo2Transformation
+    from pylo.spec import features, shapes
+
+    assert common.TANH_TIMESCALES is features.TANH_TIMESCALES
+    assert common.FRACTION_OFFSETS is features.FRACTION_OFFSETS
+    assert common.factored_dims is shapes.factored_dims
+    assert hyper_v2.LOSS_BUFFER_SIZE is features.LOSS_BUFFER_SIZE and hyper_v2.RANK_CLASSES is features.RANK_CLASSES
+    velo = hyper_v2.HyperV2()
+    assert tuple(velo.group_widths) == features.HYPER_GROUP_WIDTHS and velo.num_lstm_inputs == 30
+    assert Celo().num_lstm_inputs == 18
+    assert tuple(Celo2Transformation().feature_widths()) == features.HYPER_GROUP_WIDTHS
+    assert AdafacMLPLOpt().num_inputs == 39
+    small = hyper_v2.HyperV2(initial_momentum_decays=(0.9, 0.99), initial_adafactor_decays=(0.9,))
+    assert tuple(small.group_widths) == (1, 1, 1, 2, 1, 2, 1, 1, 1, 1, 1, 1, 1, 2)
+    assert small.num_lstm_inputs == 9 + 9 + 1 + 5 + 2 + 2
