@@ -3,7 +3,7 @@
 1. ``pylo-parity --device cuda``: every optimizer, config and CUDA backend (naive, foreach, triton)
    against the JAX reference (float32, TF32 off, JAX at ``highest`` precision);
 2. bf16 parameters: at every step of every optimizer and backend, the bf16 result is the float32
-   step from the same (upcast) parameters and state, rounded once (at most 1 bf16 ulp apart), and
+   step from the same (upcast) parameters, gradient and state, rounded once (bit for bit), and
    the whole bf16 trajectory's distance to the float32 one is reported;
 3. drift: triton vs naive on the same gradient stream for 2000 steps (max |delta| per optimizer);
 4. ``pylo-bench --device cuda`` on the MLP, transformer and ViT-B/16 workloads beside fused AdamW.
