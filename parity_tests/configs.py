@@ -45,6 +45,13 @@ class ParityFixtures:
 
     configs: Tuple[ParityConfig, ...]
     interpreter_configs: Tuple[str, ...] = ()
+    #: the config of the quick run (``pylo-parity`` without ``--full``; default: the first)
+    quick: Optional[str] = None
+
+    @property
+    def quick_config(self) -> ParityConfig:
+        name = self.quick or self.configs[0].name
+        return next(c for c in self.configs if c.name == name)
 
 
 # ============================================================== AdafacLO, MuLO
@@ -75,7 +82,7 @@ VELO_SHAPES = {**DEFAULT_SHAPES, "tensor5d": (2, 1, 3, 1, 4)}  # rank feature: f
 #: VeLO weights make the parameters grow geometrically within 50 steps, and a diverging trajectory
 #: amplifies float32 rounding exponentially (it tests the seed, not the port). Horizons are ones whose
 #: loss-buffer decays XLA computes correctly rounded (see tests/hyperv2/test_loss_buffer.py).
-VELO = ParityFixtures(interpreter_configs=("small-short",), configs=(
+VELO = ParityFixtures(interpreter_configs=("small-short",), quick="small-short", configs=(
     ParityConfig("published", "released VeLO: lstm 512, 256 MLPs, released flags, ParameterCheckpoint",
                  reference_kwargs=dict(VELO_PUBLISHED, **RELEASED_VELO_FLAGS), torch_kwargs=RELEASED_VELO_FLAGS,
                  shapes=VELO_SHAPES, steps=60, num_steps=1000, container="parameter-checkpoint", theta_noise=1.0),

@@ -54,6 +54,8 @@ class CaseResult:
     shapes: Dict[str, ShapeResult] = field(default_factory=dict)
     seconds: float = 0.0
     error: Optional[str] = None
+    #: max |param_torch - param_jax| over all tensors, per step (the report's error-versus-step plot)
+    step_errors: List[float] = field(default_factory=list)
 
     @property
     def max_abs(self) -> float:
@@ -183,6 +185,7 @@ def _run(info: ParityInfo, config: ParityConfig, backend: str, result: CaseResul
             state = update(state, {n: jnp.asarray(fixtures.to_jax_layout(g)) for n, g in grads.items()},
                            jnp.float32(loss))
             ref_params = lopt.get_params(state)
+            result.step_errors.append(0.0)
             for n, p in named:
                 ref = fixtures.to_torch_layout(np.asarray(ref_params[n]))
                 diff = float(np.max(np.abs(p.detach().to("cpu", torch.float32).numpy() - ref))) if ref.size else 0.0
@@ -191,6 +194,7 @@ def _run(info: ParityInfo, config: ParityConfig, backend: str, result: CaseResul
                 scale = float(np.max(np.abs(ref))) if ref.size else 0.0
                 shape_result = result.shapes[n]
                 shape_result.max_abs = max(shape_result.max_abs, diff)
+                result.step_errors[-1] = max(result.step_errors[-1], diff)
                 shape_result.max_rel = max(shape_result.max_rel, diff / scale if scale > 0 else diff)
                 if diff > TOLERANCE and shape_result.first_bad_step is None:
                     shape_result.first_bad_step = step

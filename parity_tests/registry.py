@@ -16,6 +16,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 
 from pylo.parity_tests.configs import FIXTURES, ParityConfig, ParityFixtures
+from pylo.optim.backend import resolve_backend
 from pylo.parity_tests.optim_db import DATABASE, NamedParams, OptimizerInfo, backend_available, interpreted
 from pylo.spec import optimizer_names
 
@@ -142,14 +143,19 @@ def get(name: str) -> ParityInfo:
 
 
 def cases(optimizers: Optional[Sequence[str]] = None, configs: Optional[Sequence[str]] = None,
-          backends: Optional[Sequence[str]] = None, device: str = "cpu", interpreter_subset: bool = False):
+          backends: Optional[Sequence[str]] = None, device: str = "cpu", interpreter_subset: bool = False,
+          quick: bool = False):
     """Yield ``(info, config, backend_name)`` for every selected case runnable on ``device``.
 
     ``interpreter_subset``: interpreted Triton cases only for the entry's ``interpreter_configs``
-    (what the pytest suite runs without a GPU).
+    (what the pytest suite runs without a GPU). ``quick``: one case per optimizer, its quick config
+    on the backend the recommended class picks on ``device`` (``"auto"``: fused on a CPU, Triton on CUDA).
     """
     for info in REGISTRY:
         if optimizers and info.name not in optimizers:
+            continue
+        if quick:
+            yield info, info.fixtures.quick_config, resolve_backend("auto", torch.device(device))
             continue
         for config in info.configs:
             if configs and config.name not in configs:

@@ -78,4 +78,35 @@ def write(results: List[CaseResult], out_dir) -> Dict[str, Path]:
     paths = {"json": out / "parity.json", "markdown": out / "parity.md"}
     paths["json"].write_text(json.dumps(payload, indent=2) + "\n")
     paths["markdown"].write_text(markdown(results))
+    paths.update(plot(results, out))
+    return paths
+
+
+#: errors are drawn on a log axis; exact agreement (0) is drawn at this floor
+PLOT_FLOOR = 1e-10
+
+
+def plot(results: List[CaseResult], out: Path) -> Dict[str, Path]:
+    """One PNG per optimizer, ``parity_<optimizer>.png``: max |error| versus step for each of its cases,
+    with the tolerance (nothing without matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return {}
+    paths = {}
+    for name in dict.fromkeys(r.optimizer for r in results):
+        fig, ax = plt.subplots(figsize=(6.4, 3.6))
+        for r in (r for r in results if r.optimizer == name and r.step_errors):
+            ax.plot(range(1, len(r.step_errors) + 1), [max(e, PLOT_FLOOR) for e in r.step_errors],
+                    label=f"{r.config} / {r.backend}", linewidth=1)
+        ax.axhline(results[0].tolerance, color="red", linestyle="--", linewidth=1, label="tolerance")
+        ax.set(yscale="log", xlabel="step", ylabel="max |torch - JAX|", title=f"{name}: torch vs JAX per step")
+        ax.legend(fontsize=7, loc="lower right")
+        fig.tight_layout()
+        paths[f"plot_{name}"] = out / f"parity_{name}.png"
+        fig.savefig(paths[f"plot_{name}"], dpi=100)
+        plt.close(fig)
     return paths
