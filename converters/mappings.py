@@ -259,7 +259,7 @@ def _adafac_rules(config: Dict) -> Tuple[List[TensorRule], List[ConfigRule]]:
 
 
 def _mulo_defaults() -> Dict:
-    from pylo.optim.adafaclo import MULO_ADAFACTOR_OFFSETS, MULO_MOMENTUM_OFFSETS, MULO_RMS_OFFSETS
+    from pylo.optim.adafac.constants import MULO_ADAFACTOR_OFFSETS, MULO_MOMENTUM_OFFSETS, MULO_RMS_OFFSETS
 
     return {"momentum_decays": MULO_MOMENTUM_OFFSETS, "rms_decays": MULO_RMS_OFFSETS,
             "adafactor_decays": MULO_ADAFACTOR_OFFSETS}
