@@ -77,3 +77,9 @@ def global_norm(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     if total is None:
         return torch.zeros(())
     return torch.sqrt(total)
+
+
+def row_sum_squares(x: torch.Tensor) -> torch.Tensor:
+    """``sum(x^2)`` of each row of a 2-D tensor, e.g. per channel of a channel-major ``(channels, count)``
+    feature block (no temporary of its size)."""
+    return torch.linalg.vector_norm(x, dim=1).square()

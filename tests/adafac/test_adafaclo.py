@@ -1,4 +1,5 @@
-"""AdafacLO / MuLO specifics: decays, clipping, layouts, μP groups, argument checks."""
+"""AdafacLO / ELO specifics: decays, clipping, layouts, backend choice, argument checks (no ``mup`` needed;
+MuLO's tests are in test_mulo.py)."""
 
 import math
 
@@ -6,11 +7,13 @@ import pytest
 import torch
 
 from pylo.checkpoint_io import write_checkpoint
+from pylo.core.chunked import DEFAULT_CHUNK
 from pylo.core.decays import learned_decays
 from pylo.errors import CheckpointError
 from pylo.models import MetaMLP
-from pylo.optim import AdafacLO, AdafacLO_naive, MuLO, MuLO_naive
-from pylo.optim.adafaclo import MULO_ADAFACTOR_OFFSETS, MULO_MOMENTUM_OFFSETS, MULO_RMS_OFFSETS
+from pylo.optim import ELO, AdafacLO, AdafacLO_naive, ELO_naive
+from pylo.optim.adafac import functional
+from pylo.optim.adafac.constants import MULO_ADAFACTOR_OFFSETS, MULO_MOMENTUM_OFFSETS, MULO_RMS_OFFSETS
 
 
 def _net(seed=0, **decays):
@@ -33,7 +36,8 @@ def _folder(tmp_path, net, name="ckpt", optimizer="adafaclo"):
 def test_aliases_and_published_defaults():
     import inspect
 
-    assert issubclass(AdafacLO, AdafacLO_naive) and inspect.signature(AdafacLO).parameters["backend"].default == "auto"
+    assert issubclass(AdafacLO, AdafacLO_naive) and AdafacLO.default_backend == "auto"
+    assert AdafacLO_naive.default_backend is None and inspect.signature(AdafacLO_naive).parameters["backend"].default is None
 
     sig = inspect.signature(AdafacLO_naive)
     assert sig.parameters["momentum_decays"].default == [0.15216392, 0.14245212, 0.06812963]
@@ -174,50 +178,51 @@ def test_meta_network_is_copied_per_device_not_moved():
     assert opt.network_on(torch.device("cpu")) is net
 
 
-# ------------------------------------------------------------------------ MuLO
-mup = pytest.importorskip("mup")
+# ------------------------------------------------------------------ backend choice (pylo.optim.backend)
+FAMILY = [(AdafacLO_naive, AdafacLO), (ELO_naive, ELO)]
 
 
-def _mup_model(width):
-    from pylo.util.mup import MuLOReadout
-
-    return torch.nn.Sequential(torch.nn.Linear(8, width), torch.nn.ReLU(), torch.nn.Linear(width, width),
-                               torch.nn.ReLU(), MuLOReadout(width, 4))
-
-
-def test_mulo_groups_follow_width_multipliers():
-    model = _mup_model(64)
-    mup.set_base_shapes(model, _mup_model(16))
-    opt = MuLO(model.parameters(), network=_net(), lr=0.5)
-    hidden = model[2].weight
-    group = next(g for g in opt.param_groups if any(p is hidden for p in g["params"]))
-    assert group["lr"] == pytest.approx(0.5 / hidden.infshape.width_mult())
-    bias_group = next(g for g in opt.param_groups if any(p is model[2].bias for p in g["params"]))
-    assert bias_group["lr"] == 0.5
+@pytest.mark.parametrize("naive,fast", FAMILY, ids=["adafaclo", "elo"])
+def test_backend_choice_follows_the_one_rule(naive, fast):
+    p = [torch.nn.Parameter(torch.zeros(2))]
+    group = lambda cls, **kw: cls(p, network=_net(), **kw).param_groups[0]  # noqa: E731
+    assert group(naive)["backend"] is None and group(fast)["backend"] == "auto"
+    assert group(fast, foreach=True)["backend"] == "foreach" and group(fast, foreach=False)["backend"] == "naive"
+    assert group(naive, backend="fused")["backend"] == "fused"
+    assert group(naive)["chunk_size"] == DEFAULT_CHUNK
+    with pytest.raises(ValueError, match="chunk_size"):
+        naive(p, network=_net(), chunk_size=True)
+    with pytest.raises(ValueError, match="contradicts"):
+        fast(p, network=_net(), backend="fused", foreach=True)
+    with pytest.raises(ValueError, match="backend must be"):
+        naive(p, network=_net(), backend="cuda")
 
 
-def test_mulo_default_lr_works_and_trains():
-    model = _mup_model(32)
-    mup.set_base_shapes(model, _mup_model(16))
-    opt = MuLO_naive(model.parameters(), network=_net())
-    model(torch.randn(3, 8)).square().mean().backward()
-    before = model[0].weight.detach().clone()
+@pytest.mark.parametrize("naive,fast", FAMILY, ids=["adafaclo", "elo"])
+def test_default_and_explicit_foreach_run_that_engine(naive, fast, monkeypatch):
+    ran = []
+    for name, engine in functional.ENGINES.items():
+        monkeypatch.setattr(engine, "prepare", lambda self, *a, _orig=engine.prepare: ran.append(self.name)
+                            or _orig(self, *a))
+    for cls, kw in ((naive, {}), (fast, {"foreach": True}), (fast, {})):
+        p = torch.nn.Parameter(torch.ones(3, 2))
+        p.grad = torch.ones(3, 2)
+        cls([p], network=_net(), **kw).step()
+    assert ran == ["naive", "foreach", "fused"]  # on a CPU: naive by torch's rule; auto is fused here
+
+
+def test_state_is_created_by_the_class_and_the_functional_entry_needs_it():
+    p = torch.nn.Parameter(torch.ones(2, 3, 2, 2))
+    p.grad = torch.ones_like(p)
+    opt = AdafacLO_naive([p], network=_net())
     opt.step()
-    assert not torch.equal(before, model[0].weight)
-
-
-def test_mulo_without_base_shapes_says_what_to_do():
-    with pytest.raises(ValueError, match="mup.set_base_shapes"):
-        MuLO(_mup_model(16).parameters(), network=_net())
-
-
-def test_mulo_readout_scales_output_after_the_linear():
-    from pylo.util.mup import MuLOReadout
-
-    head = MuLOReadout(16, 3, output_mult=2.0)
-    model = torch.nn.Sequential(torch.nn.Linear(4, 16), head)
-    base = torch.nn.Sequential(torch.nn.Linear(4, 8), MuLOReadout(8, 3, output_mult=2.0))
-    mup.set_base_shapes(model, base)
-    x = torch.randn(5, 16)
-    expected = torch.nn.functional.linear(x, head.weight, head.bias) * (2.0 / head.width_mult())
-    torch.testing.assert_close(head(x), expected)
+    state = opt.state[p]
+    assert list(state) == ["mom", "rms", "fac_row", "fac_col", "fac_diag", "step"]
+    assert state["mom"].shape == (2, 2, 3, 2, 3) and state["step"].item() == 1  # HWIO work layout
+    kwargs = dict(network=_net(), decays=opt._decay_tensors(opt.param_groups[0], p.device), lr=1.0, exp_mult=0.001,
+                  step_mult=0.01, weight_decay=0.0, kernel_layout="torch")
+    with pytest.raises(ValueError, match="init_state"):
+        functional.adafaclo([p], [p.grad], [{}], **kwargs)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        functional.adafaclo([p], [p.grad], [state], backend="auto", **kwargs)
+    assert set(functional.ENGINES) == {"naive", "foreach", "fused", "triton"}

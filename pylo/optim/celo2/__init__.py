@@ -46,7 +46,7 @@ from pylo.core.orthogonalize import NS_COEFFS, newton_schulz
 from pylo.spec.shapes import KERNEL_LAYOUTS
 from pylo.models.celo2_mlp import CELO2MLP
 from pylo.models.loading import NetworkSpec, load_network
-from pylo.optim.adafaclo import BACKENDS, resolve_backend
+from pylo.optim.backend import BACKENDS, resolve_backend
 from pylo.optim.base import LearnedOptimizer, check_number
 
 RMS_EPS = 1e-8

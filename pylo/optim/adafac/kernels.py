@@ -1,4 +1,4 @@
-"""Triton kernels for AdafacLO / MuLO (and ELO, which shares the 39-feature MLP).
+"""Triton kernels of the AdafacLO family (AdafacLO, MuLO, ELO: the 39-feature MetaMLP update).
 
 Two passes per tensor, each one fused kernel over blocks of elements:
 
@@ -23,9 +23,14 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from pylo.core.accumulators import FACTORED_EPS
 from pylo.kernels.triton_common import store_rounded
+from pylo.optim.adafac import constants
 
-NUM_RAW = 28
+# globals a kernel reads must be constexpr
+NUM_RAW = tl.constexpr(constants.NUM_RAW)
+RMS_EPS = tl.constexpr(constants.RMS_EPS)
+GRAD_SQ_EPS = tl.constexpr(FACTORED_EPS)
 
 
 @triton.jit
@@ -38,7 +43,7 @@ def _features(i, mask, p_ptr, g_ptr, m_ptr, rms_ptr, diag_ptr, vrow_ptr, vcol_pt
     m1 = tl.load(m_ptr + 3 * i + 1, mask=mask, other=0.0)
     m2 = tl.load(m_ptr + 3 * i + 2, mask=mask, other=0.0)
     rms = tl.load(rms_ptr + i, mask=mask, other=0.0)
-    rs = tl.math.rsqrt(rms + 1e-6)
+    rs = tl.math.rsqrt(rms + RMS_EPS)
     if FACTORED:
         ri = (i // span0) * inner0 + i % inner0
         ci = (i // span1) * inner1 + i % inner1
@@ -72,7 +77,9 @@ def _features(i, mask, p_ptr, g_ptr, m_ptr, rms_ptr, diag_ptr, vrow_ptr, vcol_pt
         fg2 = g * tl.math.rsqrt(tl.maximum(r2 + 1e-9, 1e-9))
         rr0, rr1, rr2 = tl.math.rsqrt(r0 + 1e-8), tl.math.rsqrt(r1 + 1e-8), tl.math.rsqrt(r2 + 1e-8)
         cr0, cr1, cr2 = rr0, rr1, rr2
-        fm0, fm1, fm2 = m0 * tl.math.rsqrt(r0 + 1e-6), m1 * tl.math.rsqrt(r1 + 1e-6), m2 * tl.math.rsqrt(r2 + 1e-6)
+        fm0 = m0 * tl.math.rsqrt(r0 + RMS_EPS)
+        fm1 = m1 * tl.math.rsqrt(r1 + RMS_EPS)
+        fm2 = m2 * tl.math.rsqrt(r2 + RMS_EPS)
     return (g, p, m0, m1, m2, rms, m0 * rs, m1 * rs, m2 * rs, rs, fg0, fg1, fg2, r0, r1, r2, c0, c1, c2,
             rr0, rr1, rr2, cr0, cr1, cr2, fm0, fm1, fm2)
 
@@ -92,7 +99,7 @@ def _pass1(p_ptr, g_ptr, m_ptr, rms_ptr, diag_ptr, vrow_ptr, vcol_ptr, rowfac_pt
     tl.store(m_ptr + 3 * i + 2, bm2 * tl.load(m_ptr + 3 * i + 2, mask=mask, other=0.0) + am2 * g, mask=mask)
     tl.store(rms_ptr + i, br * tl.load(rms_ptr + i, mask=mask, other=0.0) + ar * (g * g), mask=mask)
     if not FACTORED:
-        gsq = g * g + 1e-30
+        gsq = g * g + GRAD_SQ_EPS
         tl.store(diag_ptr + 3 * i, bf0 * tl.load(diag_ptr + 3 * i, mask=mask, other=0.0) + af0 * gsq, mask=mask)
         tl.store(diag_ptr + 3 * i + 1, bf1 * tl.load(diag_ptr + 3 * i + 1, mask=mask, other=0.0) + af1 * gsq,
                  mask=mask)

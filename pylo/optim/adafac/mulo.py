@@ -15,7 +15,7 @@ from collections import defaultdict
 
 import torch
 
-from pylo.optim.adafaclo import AdafacLO, AdafacLO_naive
+from pylo.optim.adafac.adafaclo import AdafacLO, AdafacLO_naive
 
 DEFAULT_LR = 1.0
 

@@ -1,0 +1,35 @@
+"""Per-parameter state of the AdafacLO family, created by the optimizer class before any engine runs.
+
+State keys (float32, in the work layout of ``pylo.spec.shapes``): ``mom``, ``rms``, ``fac_row``,
+``fac_col``, ``fac_diag`` (:class:`pylo.core.accumulators.AccumulatorSet`) and ``step``, the
+0-based iteration as a 0-d tensor.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Sequence, Tuple
+
+import torch
+
+from pylo.core.accumulators import AccumulatorSet
+from pylo.core.decays import DECAY_KINDS
+from pylo.spec.shapes import work_shape
+
+
+def decay_counts(group: Dict) -> Tuple[int, int, int]:
+    """A param group's numbers of momentum, RMS and Adafactor decays."""
+    return tuple(len(group[f"initial_{k}_decays"]) for k in DECAY_KINDS)
+
+
+def init_state(state: Dict[str, torch.Tensor], shape: Sequence[int], counts: Sequence[int], device) -> None:
+    """Zero accumulators and step of one tensor whose work-layout shape is ``shape``."""
+    AccumulatorSet.init(state, shape, *counts, device)
+    state["step"] = torch.zeros((), dtype=torch.float32, device=device)
+
+
+def init_missing(params: Sequence[torch.Tensor], states: Sequence[Dict], counts: Sequence[int],
+                 kernel_layout: str) -> None:
+    """Create the state of every parameter that has none yet (its first step)."""
+    for p, state in zip(params, states):
+        if not state:
+            init_state(state, work_shape(p.shape, kernel_layout), counts, p.device)
