@@ -83,3 +83,37 @@ def row_sum_squares(x: torch.Tensor) -> torch.Tensor:
     """``sum(x^2)`` of each row of a 2-D tensor, e.g. per channel of a channel-major ``(channels, count)``
     feature block (no temporary of its size)."""
     return torch.linalg.vector_norm(x, dim=1).square()
+
+
+# ------------------------------------------------ chunked statistics (the fused backends' slabs)
+def channel_sums(x: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Per-channel sums of a channel-major ``(channels, count)`` slab of a tensor's elements."""
+    return torch.sum(x, dim=1, out=out)
+
+
+def channel_norms(x: torch.Tensor, dim: int = 1, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Per-channel Euclidean norms over ``dim`` of a channel-major slab (``sqrt`` of the sums of squares)."""
+    return torch.linalg.vector_norm(x, dim=dim, out=out)
+
+
+def merge_sumsq(norms: torch.Tensor) -> torch.Tensor:
+    """Per-channel sums of squares of a whole tensor from its slabs' norms ``(slabs, channels)``."""
+    return torch.square(norms).sum(dim=0)
+
+
+def merge_sums(partial: torch.Tensor) -> torch.Tensor:
+    """Per-channel totals of a whole tensor from its blocks' partial sums ``(blocks, channels)``."""
+    return partial.sum(dim=0)
+
+
+def merge_moments(sums: torch.Tensor, m2: torch.Tensor, counts: torch.Tensor, n: int):
+    """Mean and population variance of a whole tensor from per-block sums and centred second moments.
+
+    ``sums``, ``m2`` (each block's sum of squared deviations from its own mean):
+    ``(blocks, channels)``; ``counts``: ``(blocks,)``; ``n``: the elements in all. The blocks'
+    moments are merged with the spread of the block means (Chan et al.), which never cancels.
+    """
+    mean = sums.sum(dim=0) / n
+    block_mean = sums / counts.unsqueeze(-1)
+    spread = counts.unsqueeze(-1) * torch.square(block_mean - mean)
+    return mean, (m2 + spread).sum(dim=0) / n

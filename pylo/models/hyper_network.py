@@ -1,4 +1,4 @@
-"""The meta-network of VeLO (HyperV2) and Celo: a per-tensor LSTM and a bank of per-element MLPs.
+"""The meta-network of VeLO and Celo (upstream's HyperV2): a per-tensor LSTM and a bank of per-element MLPs.
 
 Two parts, with the state-dict keys of the published PyLO hub repositories
 (``Pauljanson002/VeLO_RNN`` and ``Pauljanson002/VeLO_MLP``):
@@ -29,9 +29,9 @@ from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
 from pylo.checkpoint_io import Checkpoint
-from pylo.core.features import HYPER_GROUP_WIDTHS
 from pylo.core.mlp import split_input_mlp
 from pylo.errors import CheckpointError
+from pylo.spec.features import HYPER_GROUP_WIDTHS
 
 LSTMState = Tuple[torch.Tensor, torch.Tensor]
 

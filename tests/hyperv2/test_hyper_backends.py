@@ -11,10 +11,14 @@ import inspect
 import pytest
 import torch
 
+from pylo.core.chunked import DEFAULT_CHUNK
 from pylo.kernels import triton_available
 from pylo.models.hyper_network import HyperNetwork
 from pylo.optim import Celo, Celo_naive, VeLO, VeLO_naive
-from pylo.optim.hyper import DEFAULT_CHUNK, resolve_backend
+from pylo.optim.backend import resolve_backend
+from pylo.optim.hyperv2.controller import LSTMInputs
+from pylo.optim.hyperv2.functional import ENGINES
+from pylo.optim.hyperv2.two_pass import BatchMember
 
 from helpers import DEVICE, FAST, assert_close, assert_resumes, assert_same_state, assert_triton_needs_a_gpu, params
 
@@ -64,13 +68,21 @@ def test_aliases_pick_the_fastest_backend_and_naive_classes_keep_the_published_r
     named = params({"w": (3, 2)})
     assert VeLO(named, network=network(), num_steps=10).param_groups[0]["backend"] == "auto"
     assert Celo(named, 10, network=network("celo")).param_groups[0]["backend"] == "auto"
-    assert VeLO(named, network=network(), num_steps=10, foreach=True).param_groups[0]["backend"] is None
+    assert VeLO(named, network=network(), num_steps=10, foreach=True).param_groups[0]["backend"] == "foreach"
+    assert Celo(named, 10, network=network("celo"), foreach=False).param_groups[0]["backend"] == "naive"
+    assert VeLO_naive(named, network=network(), num_steps=10).param_groups[0]["backend"] is None
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert resolve_backend(None, None, cpu) == "naive" and resolve_backend(None, None, cuda) == "foreach"
-    assert resolve_backend(None, True, cpu) == "foreach" and resolve_backend(None, False, cuda) == "naive"
-    assert resolve_backend("auto", None, cpu) == "fused"
-    assert resolve_backend("auto", None, cuda, triton_ok=False) == "fused"
-    assert resolve_backend("fused", None, cuda) == "fused"
+    assert resolve_backend(None, cpu) == "naive" and resolve_backend(None, cuda) == "foreach"
+    assert resolve_backend("auto", cpu) == "fused"
+    assert resolve_backend("auto", cuda, triton_unsupported="no") == "fused"
+    assert resolve_backend("fused", cuda) == "fused"
+
+
+def test_the_triton_engine_says_which_networks_it_cannot_run():
+    triton = ENGINES["triton"]
+    assert triton.unsupported(network()) is None and triton.unsupported(network("celo")) is None
+    assert "30 per-element" in triton.unsupported(network(input_size=22, lstm_input_size=28))
+    assert all(ENGINES[b].name == b for b in ENGINES)
 
 
 def test_the_alias_trains_with_the_fused_backend_on_cpu():
@@ -143,11 +155,18 @@ def test_small_tensors_are_batched_by_size(dtype):
         torch.testing.assert_close(opt_got.state[q]["lstm_hidden"], opt_ref.state[p]["lstm_hidden"], rtol=0,
                                    atol=1e-6)
         torch.testing.assert_close(opt_got.state[q]["mom"], opt_ref.state[p]["mom"], rtol=1e-5, atol=1e-6)
-    engine = opt_got._engine("fused", opt_got.param_groups[0], torch.device(DEVICE), opt_got.network)
+    device = torch.device(DEVICE)
+    features = torch.zeros(9, device=device)
+    settings = opt_got._settings(opt_got.param_groups[0], device, LSTMInputs(opt_got.controller, features, features))
     with torch.no_grad():
-        _, batches = engine.prepare_all([p for _, p in got], [p.grad.float() for _, p in got],
-                                        [opt_got.state[p] for _, p in got], moments=True)
-    sizes = sorted(len(positions) for positions, _ in batches)
+        prepared = ENGINES["fused"](settings).prepare([p for _, p in got], [p.grad.float() for _, p in got],
+                                                      [opt_got.state[p] for _, p in got])
+    assert prepared.lstm_inputs.shape == (len(got), 30)
+    batches = {}
+    for handle in prepared.handles:
+        batch = handle.batch if isinstance(handle, BatchMember) else handle
+        batches[id(batch)] = batches.get(id(batch), 0) + 1
+    sizes = sorted(batches.values())
     assert sizes == [1, 1, 1, 1, 2, 2, 4, 30], sizes  # long, w, t, s30, v-pair, u-pair, v-four, 30 scalars
 
 

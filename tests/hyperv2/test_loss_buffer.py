@@ -1,10 +1,10 @@
-"""The loss buffer of VeLO / Celo (pylo.core.loss_buffer) against the JAX reference."""
+"""The loss buffer of VeLO / Celo (pylo.optim.hyperv2.loss_buffer) against the JAX reference."""
 
 import numpy as np
 import pytest
 import torch
 
-from pylo.core import loss_buffer
+from pylo.optim.hyperv2 import loss_buffer
 
 jax = pytest.importorskip("jax")
 import jax.numpy as jnp  # noqa: E402

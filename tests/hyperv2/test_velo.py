@@ -11,7 +11,7 @@ import torch
 from pylo.errors import CheckpointError
 from pylo.models.hyper_network import HyperNetwork
 from pylo.optim import Celo, Celo_naive, VeLO, VeLO_naive
-from pylo.optim.hyper import GLOBAL_STATE_KEY
+from pylo.optim.hyperv2.constants import GLOBAL_STATE_KEY
 
 SHAPES = {"w": (6, 5), "b": (6,), "s": (), "k": (4, 3, 2, 2)}
 

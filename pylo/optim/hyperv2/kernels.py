@@ -1,7 +1,8 @@
-"""Triton kernels for VeLO (HyperV2) and Celo: the per-element half of the update.
+"""Triton kernels of the HyperV2 family (VeLO, Celo): the per-element half of the update.
 
-Two passes per tensor, each one fused kernel over blocks of elements (the
-plan of the fused CPU backend, :mod:`pylo.optim.hyper_fused`):
+HyperV2 is upstream's name for the VeLO / Celo architecture. The host side is
+:mod:`pylo.optim.hyperv2.triton`. Two passes per tensor, each one fused kernel over blocks of
+elements (the plan of the fused CPU engine, :mod:`pylo.optim.hyperv2.fused`):
 
 1. ``_pass1`` (before the LSTM): per block, the sums the LSTM features read on
    the *old* momentum and RMS (block sums and second moments about the block's
@@ -23,7 +24,9 @@ m*rs 0..2, rs, fac_g 0..2, g*rs, fac_mom 0..2`` then ``row, col, rsqrt(row),
 rsqrt(col)`` (3 each). ``g`` is clipped to +-1000 on load. Tensors are flat and
 contiguous in the work layout; the row/column tables are gathered by index
 arithmetic, so every rank works. Kernels run on the current CUDA stream;
-without a GPU, under ``TRITON_INTERPRET=1``. Decay counts are VeLO's (3, 1, 3).
+without a GPU, under ``TRITON_INTERPRET=1``. Decay counts are VeLO's (3, 1, 3); the
+constants (clip 1000 and 0.1, eps 1e-6, 1e-8, 1e-9, 1e-30) are those of
+:mod:`pylo.optim.hyperv2.constants` and :mod:`pylo.core.accumulators`.
 """
 
 from __future__ import annotations

@@ -1,35 +1,25 @@
-"""VeLO: the versatile learned optimizer (Metz et al. 2022), upstream HyperV2.
+"""VeLO: the versatile learned optimizer (Metz et al. 2022), upstream's HyperV2.
 
-Reference: ``learned_optimization/research/general_lopt/hyper_v2.py`` (and
-``prefab.py`` for the >150k-step averaging and the prefab weight decay); our
-JAX twin is :mod:`pylo.reference_jax.hyper_v2`. The shared machinery is in
-:mod:`pylo.optim.hyper`; this file adds VeLO's LSTM inputs: per tensor, 30
-features (in upstream's sorted-key order) of the old parameters and
-accumulators, all rescaled by ``rsqrt(max(1e-9, mean(p^2)))``:
-
-* ``fraction_left`` (9): ``tanh(10 * (iteration / num_steps - tau))``;
-* ``loss_features`` (9): from the loss buffer;
-* ``mean_rms`` (1), ``var_m`` (3) and ``var_rms`` (3): ``0.5 * clip(log(1e-8 + |10 v|), -5, 5)``
-  of the mean RMS, the variance of the momentum, and the spread of the RMS
-  *around the momentum's mean* (upstream's quirk, kept);
-* ``rank`` (5): one-hot number of axes longer than 1 (all zero from 5 on).
+HyperV2 is upstream's name for the VeLO architecture. Reference:
+``learned_optimization/research/general_lopt/hyper_v2.py`` (and ``prefab.py`` for the
+>150k-step averaging and the prefab weight decay); our JAX twin is
+:mod:`pylo.reference_jax.hyper_v2`. The machinery it shares with Celo is
+:class:`pylo.optim.hyperv2.optimizer.HyperV2Optimizer`; VeLO's own part is its LSTM inputs
+(:class:`pylo.optim.hyperv2.controller.VeLOController`: 30 per-tensor features of the old
+parameters and accumulators), the interpolation factor 100 and upstream's two legacy flags.
 """
 
 from __future__ import annotations
 
 from typing import Optional
 
-import torch
-
-from pylo.core.reduce import mean_over
-from pylo.core.features import FRACTION_OFFSETS
-from pylo.core.loss_buffer import SIZE as LOSS_BUFFER_SIZE
+from pylo.core.chunked import DEFAULT_CHUNK
 from pylo.models.hyper_network import HyperNetwork, build_hyper_network, merge_hub_parts
 from pylo.models.loading import NetworkSpec, load_network
-from pylo.optim.hyper import (DEFAULT_ADAFACTOR_DECAYS, DEFAULT_CHUNK, DEFAULT_MOMENTUM_DECAYS,
-                              DEFAULT_RMS_DECAYS, HyperOptimizerBase)
+from pylo.optim.hyperv2.constants import DEFAULT_ADAFACTOR_DECAYS, DEFAULT_MOMENTUM_DECAYS, DEFAULT_RMS_DECAYS
+from pylo.optim.hyperv2.controller import VeLOController
+from pylo.optim.hyperv2.optimizer import HyperV2Optimizer
 
-RANK_CLASSES = 5
 MAX_TRAINING_STEPS = 150_000
 BUGGED_LOSS_HORIZON = 10
 
@@ -37,60 +27,7 @@ VELO_NETWORK_SPEC = NetworkSpec(name="VeLO network (LSTM + MLP bank)", module_ty
                                 build=build_hyper_network)
 
 
-def clip_log_abs(v: torch.Tensor, scale: float) -> torch.Tensor:
-    """``0.5 * clip(log(1e-8 + |v * scale|), -5, 5)``."""
-    return torch.clamp(torch.log(1e-8 + torch.abs(v * scale)), -5.0, 5.0) * 0.5
-
-
-def velo_lstm_inputs(p: torch.Tensor, mom: torch.Tensor, rms: torch.Tensor, fraction_features: torch.Tensor,
-                     loss_features: torch.Tensor) -> torch.Tensor:
-    """VeLO's per-tensor LSTM input (work-layout ``p``, accumulators with a trailing decay axis)."""
-    norm_mult = torch.rsqrt(torch.clamp_min((p * p).mean(), 1e-9))
-    mom = mom * norm_mult
-    rms = rms * norm_mult
-    axes = range(p.dim())
-    mean_m = mean_over(mom, axes, keepdim=True)
-    mean_rms = mean_over(rms, axes, keepdim=True).reshape(rms.shape[-1])
-    var_m = mean_over(torch.square(mom - mean_m), axes)
-    var_rms = mean_over(torch.square(rms - mean_m), axes)  # centred on the momentum's mean, as upstream
-    return _lstm_vector(fraction_features, loss_features, p.shape, mean_rms, var_m, var_rms)
-
-
-def _lstm_vector(fraction_features, loss_features, shape, mean_rms, var_m, var_rms) -> torch.Tensor:
-    """The 30 inputs in upstream's sorted-key order, from the rescaled statistics.
-
-    The statistics may carry leading axes (a batch of tensors of one ``shape``); the
-    fraction and loss features and the rank are the same for all of them.
-    """
-    rank = torch.zeros(RANK_CLASSES, dtype=torch.float32, device=mean_rms.device)
-    n_rank = sum(1 for s in shape if s > 1)
-    if n_rank < RANK_CLASSES:
-        rank[n_rank] = 1.0
-    lead = tuple(mean_rms.shape[:-1])
-    shared = [x.expand(lead + tuple(x.shape)) for x in (fraction_features, loss_features)]
-    return torch.cat([*shared, clip_log_abs(mean_rms, 10.0), rank.expand(lead + (RANK_CLASSES,)),
-                      clip_log_abs(var_m, 10.0), clip_log_abs(var_rms, 10.0)], dim=-1)
-
-
-def velo_lstm_inputs_from_moments(moments, fraction_features: torch.Tensor,
-                                  loss_features: torch.Tensor) -> torch.Tensor:
-    """:func:`velo_lstm_inputs` from whole-tensor statistics (:class:`pylo.optim.hyper_fused.TensorMoments`
-    of ``K`` tensors): ``(K, 30)``.
-
-    With ``s = rsqrt(max(1e-9, mean(p^2)))``: the rescaled mean RMS is ``s * mean(rms)``,
-    the momentum's variance ``s^2 * var(m)``, and the RMS spread around the
-    momentum's mean ``s^2 * (var(rms) + (mean(rms) - mean(m))^2)`` (a sum of
-    non-negative terms: no cancellation).
-    """
-    norm_mult = torch.rsqrt(torch.clamp_min(moments.p_sq_mean, 1e-9)).unsqueeze(-1)  # (K, 1)
-    norm_sq = norm_mult * norm_mult
-    mean_rms = moments.rms_mean * norm_mult
-    var_m = moments.m_var * norm_sq
-    var_rms = (moments.rms_var + torch.square(moments.rms_mean - moments.m_mean)) * norm_sq
-    return _lstm_vector(fraction_features, loss_features, moments.shape, mean_rms, var_m, var_rms)
-
-
-class VeLO_naive(HyperOptimizerBase):
+class VeLO_naive(HyperV2Optimizer):
     """VeLO learned optimizer (pure PyTorch), step for step upstream's HyperV2.
 
     Args:
@@ -143,13 +80,13 @@ class VeLO_naive(HyperOptimizerBase):
             parameters do not move in between. ``None`` turns it off.
         ff_mult: the interpolation factor of the MLP bank (100 in VeLO; the
             Celo repository's small ``velo-s`` uses 1).
-        foreach: multi-tensor implementation (default: True on CUDA); shorthand for
-            ``backend="foreach"`` (``False``: ``"naive"``).
-        backend: ``None`` (default here: the ``foreach`` rule above), ``"naive"``
+        foreach: ``True`` / ``False``: shorthand for ``backend="foreach"`` / ``"naive"``.
+        backend: ``None`` (default): the class's choice, torch's rule here (``"foreach"``
+            on CUDA, ``"naive"`` elsewhere) and ``"auto"`` for :class:`VeLO`; ``"naive"``
             (tensor by tensor), ``"foreach"`` (multi-tensor accumulators, one batched
             interpolation), ``"fused"`` (chunked, bounded memory, normalisers folded into
             the first layer; fastest on CPU), ``"triton"`` (GPU kernels), or ``"auto"``
-            (triton on CUDA when available, else fused; the default of :class:`VeLO`).
+            (triton on CUDA when available and the network fits the kernels, else fused).
             All compute the same update within float32 round-off.
         chunk_size: elements per chunk of the fused backend (bounds its transient memory).
         kernel_layout: ``"torch"`` (default) treats 4-D tensors as OIHW conv
@@ -197,8 +134,9 @@ class VeLO_naive(HyperOptimizerBase):
                                  hidden_layers=hidden_layers))
         self.use_bugged_loss_features = bool(use_bugged_loss_features)
         self.use_bugged_next_lstm_state = bool(use_bugged_next_lstm_state)
-        super().__init__(params, network=net, num_steps=num_steps, lr=lr, exp_mult=exp_mult, step_mult=step_mult,
-                         weight_decay=weight_decay, weight_decay_mode=weight_decay_mode,
+        controller = VeLOController(advances_state=not self.use_bugged_next_lstm_state)
+        super().__init__(params, network=net, controller=controller, num_steps=num_steps, lr=lr,
+                         exp_mult=exp_mult, step_mult=step_mult, weight_decay=weight_decay, weight_decay_mode=weight_decay_mode,
                          momentum_decays=momentum_decays, rms_decays=rms_decays, adafactor_decays=adafactor_decays,
                          initial_momentum_decays=initial_momentum_decays, initial_rms_decays=initial_rms_decays,
                          initial_adafactor_decays=initial_adafactor_decays, interp_mult=ff_mult,
@@ -210,19 +148,6 @@ class VeLO_naive(HyperOptimizerBase):
         self._warn_on_training_config(config, use_bugged_loss_features=use_bugged_loss_features,
                                       use_bugged_next_lstm_state=use_bugged_next_lstm_state)
 
-    def lstm_input_size(self, decays) -> int:
-        k_mom, k_rms = len(decays[0]), len(decays[1])
-        return len(FRACTION_OFFSETS) + (LOSS_BUFFER_SIZE - 1) + k_rms + RANK_CLASSES + k_mom + max(k_mom, k_rms)
-
-    def lstm_inputs(self, p, mom, rms, fraction_features, loss_features):
-        return velo_lstm_inputs(p, mom, rms, fraction_features, loss_features)
-
-    def lstm_inputs_from_moments(self, moments, fraction_features, loss_features):
-        return velo_lstm_inputs_from_moments(moments, fraction_features, loss_features)
-
-    def propagates_lstm_state(self) -> bool:
-        return not self.use_bugged_next_lstm_state
-
     def loss_horizon(self, inner_steps: int) -> int:
         return BUGGED_LOSS_HORIZON if self.use_bugged_loss_features else inner_steps
 
@@ -232,10 +157,7 @@ class VeLO(VeLO_naive):
     fused backend): the recommended entry point.
 
     Same arguments and results as :class:`VeLO_naive` (within float32 round-off);
-    an explicit ``foreach=`` still selects the foreach (or naive) backend.
+    an explicit ``foreach=`` or ``backend=`` still selects that backend.
     """
 
-    def __init__(self, params, *args, backend: Optional[str] = None, **kwargs):
-        if backend is None and kwargs.get("foreach") is None:
-            backend = "auto"
-        super().__init__(params, *args, backend=backend, **kwargs)
+    default_backend = "auto"

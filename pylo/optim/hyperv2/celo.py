@@ -1,9 +1,13 @@
 """Celo v1 (Moudgil et al. 2025): a learned LSTM scheduler over a learned per-element MLP.
 
+Not CELO2 (:mod:`pylo.optim.celo2`, an unrelated later algorithm): Celo is built on VeLO's
+HyperV2 architecture.
+
 Reference: ``amoudgl/celo`` ``celo/optimizers/celo.py`` (released config
 ``Celo(lstm_hidden_size=64, param_inits=1, train_phase=2)``); our JAX twin is
 :mod:`pylo.reference_jax.celo`. Celo is VeLO's machinery
-(:mod:`pylo.optim.hyper`) with a smaller scheduler:
+(:class:`pylo.optim.hyperv2.optimizer.HyperV2Optimizer`) with a smaller scheduler
+(:class:`pylo.optim.hyperv2.controller.CeloController`):
 
 * the LSTM reads only the fraction of training done and the loss features
   (18 inputs, the same for every tensor except through the LSTM state);
@@ -16,22 +20,19 @@ from __future__ import annotations
 
 from typing import Optional
 
-import torch
-
-from pylo.core.features import FRACTION_OFFSETS
-from pylo.core.loss_buffer import SIZE as LOSS_BUFFER_SIZE
+from pylo.core.chunked import DEFAULT_CHUNK
 from pylo.models.hyper_network import HyperNetwork, build_hyper_network
 from pylo.models.loading import NetworkSpec, load_network
-from pylo.optim.hyper import (DEFAULT_ADAFACTOR_DECAYS, DEFAULT_CHUNK, DEFAULT_MOMENTUM_DECAYS,
-                              DEFAULT_RMS_DECAYS, HyperOptimizerBase)
+from pylo.optim.hyperv2.constants import DEFAULT_ADAFACTOR_DECAYS, DEFAULT_MOMENTUM_DECAYS, DEFAULT_RMS_DECAYS
+from pylo.optim.hyperv2.controller import CeloController
+from pylo.optim.hyperv2.optimizer import HyperV2Optimizer
 
-LR_MULT_SCALE = 0.1
 CELO_NETWORK_SPEC = NetworkSpec(name="Celo network (LSTM + MLP)", module_type=HyperNetwork, optimizers=("celo",),
                                 build=build_hyper_network)
 PUBLISHED_WEIGHTS = "hf://amoudgl/celo/theta.state"
 
 
-class Celo_naive(HyperOptimizerBase):
+class Celo_naive(HyperV2Optimizer):
     """Celo learned optimizer (pure PyTorch), step for step upstream's ``Celo``.
 
     Args:
@@ -82,8 +83,9 @@ class Celo_naive(HyperOptimizerBase):
         net, _ = load_network(CELO_NETWORK_SPEC, network=network, checkpoint_path=checkpoint_path,
                               hub_keys=[hf_key] if hf_key else [])
         self.train_phase = int(train_phase)
-        super().__init__(params, network=net, num_steps=num_steps, lr=lr, exp_mult=exp_mult, step_mult=step_mult,
-                         weight_decay=weight_decay, weight_decay_mode=weight_decay_mode,
+        controller = CeloController(use_lr_mult=self.train_phase > 1)
+        super().__init__(params, network=net, controller=controller, num_steps=num_steps, lr=lr,
+                         exp_mult=exp_mult, step_mult=step_mult, weight_decay=weight_decay, weight_decay_mode=weight_decay_mode,
                          momentum_decays=[0.0] * len(initial_momentum_decays),
                          rms_decays=[0.0] * len(initial_rms_decays),
                          adafactor_decays=[0.0] * len(initial_adafactor_decays),
@@ -93,38 +95,13 @@ class Celo_naive(HyperOptimizerBase):
                          foreach=foreach, kernel_layout=kernel_layout, nonfinite_grads=nonfinite_grads,
                          backend=backend, chunk_size=chunk_size)
 
-    def lstm_input_size(self, decays) -> int:
-        return len(FRACTION_OFFSETS) + (LOSS_BUFFER_SIZE - 1)
-
-    def lstm_inputs(self, p, mom, rms, fraction_features, loss_features):
-        return torch.cat([fraction_features, loss_features])
-
-    def lstm_inputs_from_moments(self, moments, fraction_features, loss_features):
-        row = torch.cat([fraction_features, loss_features])
-        return row.expand(moments.p_sq_mean.shape[0], row.shape[0])
-
-    def lstm_reads_moments(self) -> bool:
-        return False
-
-    def lr_mult(self, raw: torch.Tensor) -> torch.Tensor:
-        return torch.exp(raw) * LR_MULT_SCALE
-
-    def controls(self, raw: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(raw, dim=-1)
-
-    def uses_lr_mult(self) -> bool:
-        return self.train_phase > 1
-
 
 class Celo(Celo_naive):
     """Celo on its fastest backend (``backend="auto"``: Triton kernels on CUDA, else the
     fused backend): the recommended entry point.
 
     Same arguments and results as :class:`Celo_naive` (within float32 round-off);
-    an explicit ``foreach=`` still selects the foreach (or naive) backend.
+    an explicit ``foreach=`` or ``backend=`` still selects that backend.
     """
 
-    def __init__(self, params, num_steps: int, *args, backend: Optional[str] = None, **kwargs):
-        if backend is None and kwargs.get("foreach") is None:
-            backend = "auto"
-        super().__init__(params, num_steps, *args, backend=backend, **kwargs)
+    default_backend = "auto"
