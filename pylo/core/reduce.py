@@ -77,3 +77,9 @@ def global_norm(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     if total is None:
         return torch.zeros(())
     return torch.sqrt(total)
+
+
+def norm_over(x: torch.Tensor, dims: Sequence[int], keepdim: bool = False) -> torch.Tensor:
+    """The 2-norm over ``dims`` (Newton-Schulz's Frobenius norm per matrix; squared, a sum of squares
+    without a temporary of ``x``'s size)."""
+    return torch.linalg.vector_norm(x, dim=tuple(dims), keepdim=keepdim)
