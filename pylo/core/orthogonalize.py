@@ -12,6 +12,8 @@ from typing import Sequence
 
 import torch
 
+from pylo.core import reduce
+
 #: upstream's quintic coefficients (Muon's)
 NS_COEFFS = (3.4445, -4.7750, 2.0315)
 
@@ -30,7 +32,7 @@ def newton_schulz(x: torch.Tensor, coeffs: Sequence[float] = NS_COEFFS, steps: i
     swap = x.shape[-2] > x.shape[-1]
     if swap:
         x = x.transpose(-2, -1)
-    x = x / (torch.linalg.vector_norm(x, dim=(-2, -1), keepdim=True) + eps)
+    x = x / (reduce.norm_over(x, (-2, -1), keepdim=True) + eps)
     for _ in range(steps):
         gram = x @ x.transpose(-2, -1)
         poly = b * gram + (c * gram) @ gram
@@ -80,7 +82,7 @@ def newton_schulz_(x: torch.Tensor, coeffs: Sequence[float] = NS_COEFFS, steps: 
     work = x.transpose(0, 1) if x.shape[0] > x.shape[1] else x
     r, cols = work.shape
     block = max(1, int(block))
-    work.div_(torch.linalg.vector_norm(work, dim=(-2, -1), keepdim=True) + eps)
+    work.div_(reduce.norm_over(work, (-2, -1), keepdim=True) + eps)
     gram = torch.empty(r, r, dtype=x.dtype, device=x.device)
     poly = torch.empty(r, r, dtype=x.dtype, device=x.device)
     buf = torch.empty(max(block * r, r * min(block, cols)), dtype=x.dtype, device=x.device)

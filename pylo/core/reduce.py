@@ -117,3 +117,9 @@ def merge_moments(sums: torch.Tensor, m2: torch.Tensor, counts: torch.Tensor, n:
     block_mean = sums / counts.unsqueeze(-1)
     spread = counts.unsqueeze(-1) * torch.square(block_mean - mean)
     return mean, (m2 + spread).sum(dim=0) / n
+
+
+def norm_over(x: torch.Tensor, dims: Sequence[int], keepdim: bool = False) -> torch.Tensor:
+    """The 2-norm over ``dims`` (Newton-Schulz's Frobenius norm per matrix; squared, a sum of squares
+    without a temporary of ``x``'s size)."""
+    return torch.linalg.vector_norm(x, dim=tuple(dims), keepdim=keepdim)

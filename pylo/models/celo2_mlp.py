@@ -14,7 +14,7 @@ are those of the published PyLO ``CELO2MLP`` (hub repos ``DiamondXL/celo2``,
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Dict, Sequence
 
 import torch
 from huggingface_hub import PyTorchModelHubMixin
@@ -74,3 +74,13 @@ class CELO2MLP(nn.Module, PyTorchModelHubMixin, license="apache-2.0", tags=["lea
             raise ValueError(f"{len(groups)} feature groups for {len(self.w0)} first-layer blocks")
         return split_input_mlp(groups, list(self.w0), self.b0, list(self.dense_w), list(self.dense_b),
                                ACTIVATIONS[self.activation])
+
+
+#: the constructor arguments a checkpoint's ``config.json`` may give
+CONFIG_KEYS = ("feature_dims", "hidden_size", "hidden_layers", "output_size", "activation")
+
+
+def build_celo2_mlp(config: Dict) -> CELO2MLP:
+    """A CELO2MLP from a checkpoint config (other keys ignored): the ``build`` of CELO2's and ELO-CELO2's
+    :class:`pylo.models.loading.NetworkSpec`."""
+    return CELO2MLP(**{k: config[k] for k in CONFIG_KEYS if k in config})

@@ -50,12 +50,19 @@ def _grad(shape, seed, scale=0.1):
     return scale * torch.randn(shape, generator=g)
 
 
-def test_aliases_and_published_defaults():
+def test_aliases_and_published_defaults(ckpts):
     import inspect
 
     for fast, naive in ((CELO2, CELO2_naive), (ELO_CELO2, ELO_CELO2_naive), (ELO, ELO_naive)):  # the aliases pick the fastest backend
-        assert issubclass(fast, naive) and inspect.signature(fast).parameters["backend"].default == "auto"
-        assert inspect.signature(naive).parameters["backend"].default is None  # naive, or foreach on CUDA
+        assert issubclass(fast, naive)
+        ckpt = _ckpt_for(naive, ckpts)
+        assert fast([torch.nn.Parameter(torch.ones(2, 2))], checkpoint_path=ckpt).param_groups[0]["backend"] == "auto"
+    for fast, naive in ((CELO2, CELO2_naive), (ELO_CELO2, ELO_CELO2_naive)):
+        ckpt = _ckpt_for(naive, ckpts)
+        assert naive([torch.nn.Parameter(torch.ones(2, 2))], checkpoint_path=ckpt).param_groups[0]["backend"] is None
+        # an explicit foreach= is honoured by the recommended classes too
+        opt = fast([torch.nn.Parameter(torch.ones(2, 2))], checkpoint_path=ckpt, foreach=True)
+        assert opt.param_groups[0]["backend"] == "foreach"
 
     celo2 = inspect.signature(CELO2_naive).parameters
     assert celo2["lr"].default == 0.001 and celo2["adam_betas"].default == (0.9, 0.95)

@@ -13,7 +13,7 @@ import torch
 from pylo.kernels import triton_available
 from pylo.models import CELO2MLP
 from pylo.optim import CELO2_naive, ELO_CELO2_naive
-from pylo.optim.celo2 import feature_widths
+from pylo.spec.features import hyper_group_widths as feature_widths
 
 from helpers import DEVICE, FAST, assert_close, assert_resumes, assert_same_state, assert_triton_needs_a_gpu, params
 

@@ -1,6 +1,6 @@
 """Triton kernels for CELO2 and ELO-CELO2: the per-element half of the learned update.
 
-The plan of the fused CPU backend (:mod:`pylo.optim.celo2_fused`) with each
+Launched by :mod:`pylo.optim.celo2.triton`. The plan of the fused engine (:mod:`pylo.optim.celo2.fused`) with each
 per-element pass one kernel per tensor. CELO2 normalises every feature over the
 *last two* axes, so a program works inside one matrix of those axes (program
 ``pid`` is block ``pid % blocks_per_matrix`` of matrix ``pid // blocks_per_matrix``;
@@ -26,7 +26,7 @@ a tensor of rank < 2 is one matrix):
 Channel order (``K`` momentum = Adafactor decays, one RMS decay): upstream's
 per-element groups 0-8 (``g, clip(g), p, m_0..K-1, rms, m*rs, rs, fac_g, g*rs``),
 for factored tensors group 13 (``fac_mom``), then the table groups 9-12
-(``v_row, v_col, rsqrt(v_row), rsqrt(v_col)``; :func:`pylo.optim.celo2_triton.channel_order`).
+(``v_row, v_col, rsqrt(v_row), rsqrt(v_col)``; :func:`pylo.optim.celo2.triton.channel_order`).
 Decays arrive as a device table ``[b_mom(K), b_rms, b_fac(K), 1-b_mom(K),
 1-b_rms, 1-b_fac(K)]`` (no host synchronisation). Kernels run on the current
 CUDA stream; without a GPU, under ``TRITON_INTERPRET=1``.
@@ -37,10 +37,14 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from pylo.core.accumulators import FACTORED_EPS as _FACTORED_EPS
 from pylo.kernels.triton_common import activation, dense, store_rounded
+from pylo.optim.celo2 import constants
 
-FEATURE_CLIP = tl.constexpr(0.1)
-RMS_EPS = tl.constexpr(1e-8)
+FEATURE_CLIP = tl.constexpr(constants.GRAD_CLIP_FEATURE)
+RMS_EPS = tl.constexpr(constants.RMS_EPS)
+DIAG_EPS = tl.constexpr(constants.DIAG_EPS)
+FACTORED_EPS = tl.constexpr(_FACTORED_EPS)
 
 
 @triton.jit
@@ -107,7 +111,7 @@ def _pass1(p_ptr, g_ptr, m_ptr, rms_ptr, diag_ptr, rowfac_ptr, colfac_ptr, dec_p
         ri = _table_index(i, inner0, span0)
         ci = _table_index(i, inner1, span1)
     else:
-        gsq = g * g + 1e-30
+        gsq = g * g + FACTORED_EPS
     for j in tl.static_range(K):
         m = tl.load(dec_ptr + j) * tl.load(m_ptr + K * i + j, mask=mask, other=0.0) \
             + tl.load(dec_ptr + 2 * K + 1 + j) * g
@@ -123,7 +127,7 @@ def _pass1(p_ptr, g_ptr, m_ptr, rms_ptr, diag_ptr, rowfac_ptr, colfac_ptr, dec_p
             d = tl.load(dec_ptr + K + 1 + j) * tl.load(diag_ptr + K * i + j, mask=mask, other=0.0) \
                 + tl.load(dec_ptr + 3 * K + 2 + j) * gsq
             tl.store(diag_ptr + K * i + j, d, mask=mask)
-            _sumsq(out + 5 + 2 * K + j, g * tl.math.rsqrt(tl.maximum(d + 1e-9, 1e-9)), mask)
+            _sumsq(out + 5 + 2 * K + j, g * tl.math.rsqrt(tl.maximum(d + DIAG_EPS, DIAG_EPS)), mask)
 
 
 @triton.jit
@@ -164,7 +168,7 @@ def _pass2(p_ptr, g_ptr, m_ptr, rms_ptr, diag_ptr, rowfac_ptr, colfac_ptr, vrow_
             cf = tl.load(colfac_ptr + K * ci + j, mask=mask, other=1.0)
             fg = g * rf * cf
         else:
-            fg = g * tl.math.rsqrt(tl.maximum(tl.load(diag_ptr + K * i + j, mask=mask, other=1.0) + 1e-9, 1e-9))
+            fg = g * tl.math.rsqrt(tl.maximum(tl.load(diag_ptr + K * i + j, mask=mask, other=1.0) + DIAG_EPS, DIAG_EPS))
         t += _term(fg, 5 + 2 * K + j, sc, w0_ptr, cols, H)
     h += t
     h += _term(g * rs, 5 + 3 * K, sc, w0_ptr, cols, H)

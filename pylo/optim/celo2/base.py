@@ -1,0 +1,130 @@
+"""What CELO2 and ELO-CELO2 share as optimizers: validation, network loading, routing, the step loop.
+
+Per step: optional global-norm clipping over *all* groups (``clip_grad``), then per group and
+device the routing (:meth:`Celo2Base.routes_to_adamw`), the state (:meth:`Celo2Base._init_group`)
+and one call of :func:`pylo.optim.celo2.functional.celo2` on the group's backend.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Optional
+
+import torch
+
+from pylo.core.decays import DECAY_KINDS, DecayTensors, checked_decays
+from pylo.models.loading import NetworkSpec, load_network
+from pylo.optim.backend import TORCH_DEFAULT, backend_options, resolve_backend
+from pylo.optim.base import LearnedOptimizer, check_number
+from pylo.optim.celo2.constants import EMBED_MARKER
+from pylo.optim.celo2.functional import celo2
+from pylo.optim.celo2.settings import Settings
+from pylo.optim.celo2.triton import TritonEngine
+from pylo.spec.features import hyper_group_widths
+from pylo.spec.shapes import KERNEL_LAYOUTS
+
+
+def check_hyperparameters(defaults: Dict, clip_norm, ff_hidden_size, ff_hidden_layers) -> None:
+    """Validate the family's shared constructor arguments (decays normalised to float lists in place)."""
+    check_number("lr", defaults["lr"], minimum=0.0)
+    check_number("weight_decay", defaults["weight_decay"], minimum=0.0)
+    check_number("adam_lr_mult", defaults["adam_lr_mult"], minimum=0.0)
+    if defaults["adam_weight_decay"] is not None:
+        check_number("adam_weight_decay", defaults["adam_weight_decay"], minimum=0.0)
+    check_number("clip_norm", clip_norm, minimum=0.0, strict=True)
+    check_number("exp_mult", defaults["exp_mult"])
+    check_number("rmsmult", defaults["rmsmult"])
+    coeffs = defaults["ns_coeffs"]
+    if len(coeffs) != 3:
+        raise ValueError(f"ns_coeffs must be three numbers (a, b, c), got {coeffs!r}")
+    for c in coeffs:
+        check_number("ns_coeffs", c)
+    iters = defaults["ns_iters"]
+    if not isinstance(iters, int) or isinstance(iters, bool) or iters < 0:
+        raise ValueError(f"ns_iters must be a non-negative integer, got {iters!r}")
+    check_number("ns_eps", defaults["ns_eps"], minimum=0.0)
+    if defaults["grad_clip_val"] is not None:
+        check_number("grad_clip_val", defaults["grad_clip_val"], minimum=0.0, strict=True)
+    if defaults["kernel_layout"] not in KERNEL_LAYOUTS:
+        raise ValueError(f"kernel_layout must be one of {KERNEL_LAYOUTS}, got {defaults['kernel_layout']!r}")
+    for k in DECAY_KINDS:
+        defaults[f"initial_{k}_decays"] = checked_decays(f"initial_{k}_decays", defaults[f"initial_{k}_decays"])
+    for name, v in (("ff_hidden_size", ff_hidden_size), ("ff_hidden_layers", ff_hidden_layers)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    defaults["ns_coeffs"] = tuple(float(c) for c in coeffs)
+
+
+class Celo2Base(LearnedOptimizer):
+    """The optimizer side of the CELO2 family.
+
+    Subclasses set ``network_spec`` and implement :meth:`_settings` (their AdamW path) and
+    :meth:`_init_group` (their state). ``default_backend`` is the class's backend when neither
+    ``backend`` nor ``foreach`` is given (:func:`pylo.optim.backend.backend_options`).
+    """
+
+    network_spec: NetworkSpec
+    default_backend: Optional[str] = TORCH_DEFAULT
+    #: global-norm clipping, then nan_to_num (ELO-CELO2) or not (CELO2)
+    upstream_nan_to_num = False
+
+    def _setup(self, params, defaults: Dict, *, clip_grad, clip_norm, ff_hidden_size, ff_hidden_layers, hf_key,
+               checkpoint_path, network, nonfinite_grads, backend, foreach, chunk_size) -> None:
+        check_hyperparameters(defaults, clip_norm, ff_hidden_size, ff_hidden_layers)
+        defaults.update(backend_options(backend, foreach, chunk_size, default=self.default_backend))
+        widths = hyper_group_widths(*(len(defaults[f"initial_{k}_decays"]) for k in DECAY_KINDS))
+        net, _ = load_network(self.network_spec, network=network, checkpoint_path=checkpoint_path,
+                              hub_keys=[hf_key] if hf_key else [],
+                              fallback_config=dict(feature_dims=list(widths), hidden_size=ff_hidden_size,
+                                                   hidden_layers=ff_hidden_layers))
+        if tuple(net.feature_dims) != widths:
+            raise ValueError(f"{self.display_name} builds feature groups of widths {widths} (from the decays) but the "
+                             f"meta-network takes {tuple(net.feature_dims)}")
+        super().__init__(params, defaults, net, nonfinite_grads)
+        self.clip_grad = bool(clip_grad)
+        self.clip_norm = float(clip_norm)
+        self._decays = DecayTensors()
+        self._workspaces: Dict = {}
+
+    # ------------------------------------------------------------------ helpers
+    def backend_for(self, group, device: torch.device) -> str:
+        """The group's backend on ``device`` (:func:`pylo.optim.backend.resolve_backend`): ``"auto"`` takes
+        triton only where its kernels implement the network's decay counts."""
+        why = TritonEngine.unsupported(self.network) if group.get("backend") == "auto" else None
+        return resolve_backend(group.get("backend"), device, triton_unsupported=why)
+
+    @staticmethod
+    def routes_to_adamw(group, p: torch.Tensor, name: Optional[str]) -> bool:
+        """scaling_l2o's routing: 0-/1-D, ``embed`` in the name, or an ``is_embedding`` group."""
+        if not group["use_adamw_for_1d"]:
+            return False
+        return p.dim() <= 1 or bool(group.get("is_embedding")) or (name is not None and EMBED_MARKER in name)
+
+    @staticmethod
+    def adam_weight_decay(group) -> float:
+        wd = group["adam_weight_decay"]
+        return group["weight_decay"] if wd is None else wd
+
+    def _settings(self, group) -> Settings:
+        """The group's settings as the engines read them."""
+        raise NotImplementedError
+
+    def _init_group(self, group, params: List[torch.Tensor], adamw_mask: List[bool], device) -> List[Dict]:
+        """Create the missing state of ``params``; return their states."""
+        raise NotImplementedError
+
+    # --------------------------------------------------------------------- step
+    @torch.no_grad()
+    def step(self, closure=None, loss=None):
+        """One update. ``closure`` (re-evaluates the model) or ``loss`` are optional; the loss is returned."""
+        loss = self._resolve_loss(closure, loss)
+        for group, params, grads in self._sanitized_entries(self.clip_norm if self.clip_grad else None,
+                                                            self.upstream_nan_to_num):
+            names = dict(zip(map(id, group["params"]), group.get("param_names", ())))
+            for device, idx in self._by_device(params).items():
+                ps, gs = [params[i] for i in idx], [grads[i] for i in idx]
+                mask = [self.routes_to_adamw(group, p, names.get(id(p))) for p in ps]
+                states = self._init_group(group, ps, mask, device)
+                celo2(ps, gs, states, mask, network=self.network_on(device),
+                      decays=self._decays.of_group(group, device), settings=self._settings(group),
+                      backend=self.backend_for(group, device), workspaces=self._workspaces)
+        return loss
