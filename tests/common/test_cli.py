@@ -24,9 +24,19 @@ def test_help(name):
 def test_parity_list_names_every_registry_case():
     from pylo.parity_tests import registry
 
-    out = subprocess.run([script("pylo-parity"), "--list"], capture_output=True, text=True, check=True).stdout
-    for info, config, backend in registry.cases():
+    out = subprocess.run([script("pylo-parity"), "--full", "--list"], capture_output=True, text=True,
+                         check=True).stdout
+    for info, config, backend in registry.cases(interpreter_subset=True):
         assert f"{info.name:<10} {config.name:<20} {backend:<8}" in out
+
+
+def test_parity_default_is_one_quick_case_per_optimizer():
+    from pylo.parity_tests import registry
+
+    out = subprocess.run([script("pylo-parity"), "--list"], capture_output=True, text=True, check=True).stdout
+    lines = out.strip().splitlines()
+    assert [line.split()[0] for line in lines] == [info.name for info in registry.REGISTRY]
+    assert all(line.split()[2] == "fused" for line in lines)
 
 
 def test_parity_cli_reports_and_fails_on_no_selection(tmp_path):
