@@ -145,19 +145,25 @@ def make_checkpoint(info: ParityInfo, config: ParityConfig, folder: Path):
 
 
 def run_case(info: ParityInfo, config: ParityConfig, backend: str,
-             on_step: Optional[Callable[[int], None]] = None, device: str = "cpu") -> CaseResult:
-    """Run one case; the torch side on ``device`` (the JAX reference always on the CPU)."""
+             on_step: Optional[Callable[[int], None]] = None, device: str = "cpu",
+             small_chunks: bool = True) -> CaseResult:
+    """Run one case; the torch side on ``device`` (the JAX reference always on the CPU).
+
+    ``small_chunks``: the fast backends in tiny chunks, so chunk boundaries are exercised (slower);
+    ``False`` runs the backend as a user gets it.
+    """
     result = CaseResult(info.name, config.name, backend, config.description, config.steps, TOLERANCE)
     start = time.perf_counter()
     try:
-        _run(info, config, backend, result, on_step, torch.device(device))
+        _run(info, config, backend, result, on_step, torch.device(device), small_chunks)
     except Exception:  # a crash is a failed case, reported with its traceback
         result.error = traceback.format_exc(limit=6)
     result.seconds = time.perf_counter() - start
     return result
 
 
-def _run(info: ParityInfo, config: ParityConfig, backend: str, result: CaseResult, on_step, device) -> None:
+def _run(info: ParityInfo, config: ParityConfig, backend: str, result: CaseResult, on_step, device,
+         small_chunks: bool) -> None:
     import jax
     import jax.numpy as jnp
 
@@ -166,7 +172,7 @@ def _run(info: ParityInfo, config: ParityConfig, backend: str, result: CaseResul
         reference, theta, ckpt = make_checkpoint(info, config, tmp)
         init = fixtures.initial_params(config.shapes, config.seed)
         named = [(n, torch.nn.Parameter(torch.from_numpy(a.copy()).to(device))) for n, a in init.items()]
-        opt = info.make_torch(named, str(ckpt), config, info.backend_kwargs(backend, parity=True))
+        opt = info.make_torch(named, str(ckpt), config, info.backend_kwargs(backend, parity=small_chunks))
 
         lopt = reference.opt_fn(theta)
         state = lopt.init({n: jnp.asarray(fixtures.to_jax_layout(a)) for n, a in init.items()},

@@ -1,8 +1,11 @@
-"""Parity of every registered optimizer, config and backend with its JAX reference.
+"""Parity of the registered optimizers with their JAX references.
 
-The Triton backends run under ``TRITON_INTERPRET=1`` here (set by the root ``conftest.py`` when there
-is no GPU), on each entry's ``interpreter_configs`` (the interpreter is slow); ``pylo-parity --backend
-triton`` runs every config.
+By default the quick set, as ``pylo-parity`` runs it: every optimizer and every parameter shape on the
+backend the recommended class picks (about a minute). ``PYLO_PARITY_FULL=1`` runs the whole matrix
+here (every config and backend, fast backends in tiny chunks; about 16 minutes on two cores), which
+CI runs as ``pylo-parity --full``. The Triton backends run under ``TRITON_INTERPRET=1`` (set by the
+root ``conftest.py`` when there is no GPU), on each entry's ``interpreter_configs`` (the interpreter
+is slow); ``pylo-parity --backend triton`` runs every config.
 """
 
 import importlib.util
@@ -15,7 +18,10 @@ pytest.importorskip("jax")
 from pylo.parity_tests import registry  # noqa: E402
 from pylo.parity_tests.pipeline import TOLERANCE, run_case  # noqa: E402
 
-CASES = list(registry.cases(interpreter_subset=True))
+FULL = os.environ.get("PYLO_PARITY_FULL") == "1"
+#: the whole matrix (what CI runs), whether or not this run runs it
+MATRIX = list(registry.cases(interpreter_subset=True))
+CASES = MATRIX if FULL else list(registry.cases(quick=True))
 
 
 @pytest.mark.parametrize("info,config,backend", CASES, ids=[f"{i.name}-{c.name}-{b}" for i, c, b in CASES])
@@ -25,7 +31,7 @@ def test_parity(info, config, backend):
     reason = registry.unavailable(config)
     if reason:
         pytest.skip(reason)
-    result = run_case(info, config, backend)
+    result = run_case(info, config, backend, small_chunks=FULL)
     assert result.error is None, result.error
     assert len(result.shapes) == len(config.shapes)
     assert config.steps >= 50
@@ -42,5 +48,5 @@ def test_triton_cases_are_collected_without_a_gpu():
 
     if not torch.cuda.is_available():
         assert os.environ.get("TRITON_INTERPRET") == "1", "the root conftest.py sets TRITON_INTERPRET=1 without a GPU"
-    with_triton = {info.name for info, _, backend in CASES if backend == "triton"}
+    with_triton = {info.name for info, _, backend in MATRIX if backend == "triton"}
     assert with_triton == {info.name for info in registry.REGISTRY if "triton" in info.backends}

@@ -61,9 +61,7 @@ class AdafacMLPLOpt:
         self.step_mult = step_mult
         self.hidden_size = hidden_size
         self.hidden_layers = hidden_layers
-        self.initial_momentum_decays = tuple(initial_momentum_decays)
-        self.initial_rms_decays = tuple(initial_rms_decays)
-        self.initial_adafactor_decays = tuple(initial_adafactor_decays)
+        common.set_decays(self, initial_momentum_decays, initial_rms_decays, initial_adafactor_decays)
 
     # ----------------------------------------------------------------- theta
     @property
@@ -166,16 +164,11 @@ class MuAdafacMLPLOpt(AdafacMLPLOpt):
         return model_state["mup_lrs_to_use"]
 
 
-class LOptimizer(common.ParamsInState):
+class LOptimizer(common.BoundOpt):
     """learned_optimization-style optimizer: ``init(params, num_steps)`` / ``update(state, grads, loss)``."""
 
-    def __init__(self, lopt: AdafacMLPLOpt, theta):
-        self.lopt = lopt
-        self.theta = theta
-
     def init(self, params, model_state=None, num_steps=None, key=None) -> AdafacMLPLOptState:
-        if num_steps is None:
-            raise ValueError("Must specify number of steps for this lopt!")
+        num_steps = self.required_steps(num_steps)
         mom, rms, fac = self.lopt.rolling(self.theta)
         return AdafacMLPLOptState(params=params, state=model_state, rms_rolling=rms.init(params),
                                   mom_rolling=mom.init(params), fac_rolling_features=fac.init(params),

@@ -81,14 +81,9 @@ class Celo2Transformation:
         if mlp_activation not in ("relu", "tanh"):
             raise ValueError(f"Invalid MLP activation: {mlp_activation}")
         self.theta = theta
-        self.ff_hidden_size = ff_hidden_size
-        self.ff_hidden_layers = ff_hidden_layers
-        self.initial_momentum_decays = tuple(initial_momentum_decays)
-        self.initial_rms_decays = tuple(initial_rms_decays)
-        self.initial_adafactor_decays = tuple(initial_adafactor_decays)
-        self.exp_mult = exp_mult
-        self.rmsmult = rmsmult
-        self.param_scale_mult = param_scale_mult
+        common.set_decays(self, initial_momentum_decays, initial_rms_decays, initial_adafactor_decays)
+        vars(self).update(ff_hidden_size=ff_hidden_size, ff_hidden_layers=ff_hidden_layers, exp_mult=exp_mult,
+                          rmsmult=rmsmult, param_scale_mult=param_scale_mult)
         self.act = jax.nn.relu if mlp_activation == "relu" else jax.nn.tanh
         self.orthogonalize = orthogonalize
         self.ns_coeffs = jnp.asarray(ns_coeffs)
@@ -243,13 +238,11 @@ class Celo2LOpt:
         return Celo2Opt(self, theta)
 
 
-class Celo2Opt(common.ParamsInState):
-    def __init__(self, lopt: Celo2LOpt, theta):
-        self.lopt, self.theta = lopt, theta
+class Celo2Opt(common.BoundOpt):
+    no_steps_message = "Must specify num_steps for Celo2LOpt!"
 
     def init(self, params, model_state=None, num_steps=None, key=None) -> Celo2LOptState:
-        if num_steps is None:
-            raise ValueError("Must specify num_steps for Celo2LOpt!")
+        num_steps = self.required_steps(num_steps)
         opt = self.lopt.optimizer(self.theta, params, num_steps)
         return Celo2LOptState(params=params, state=model_state, optax_state=opt.init(params),
                               iteration=jnp.asarray(0, jnp.int32), num_steps=jnp.asarray(num_steps, jnp.int32),

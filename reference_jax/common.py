@@ -50,6 +50,29 @@ class ParamsInState:
         return state.replace(params=params)
 
 
+class BoundOpt(ParamsInState):
+    """A learned optimizer bound to its meta-parameters ``theta`` (upstream's ``opt_fn(theta)``)."""
+
+    #: upstream's message when ``init`` gets no ``num_steps`` (the training horizon)
+    no_steps_message = "Must specify number of steps for this lopt!"
+
+    def __init__(self, lopt, theta):
+        self.lopt, self.theta = lopt, theta
+
+    def required_steps(self, num_steps):
+        """``num_steps`` (the training horizon), which every learned optimizer's ``init`` needs."""
+        if num_steps is None:
+            raise ValueError(self.no_steps_message)
+        return num_steps
+
+
+def set_decays(obj, momentum, rms, adafactor) -> None:
+    """The three accumulator decay lists as tuples on ``obj`` (``initial_{momentum,rms,adafactor}_decays``)."""
+    obj.initial_momentum_decays = tuple(momentum)
+    obj.initial_rms_decays = tuple(rms)
+    obj.initial_adafactor_decays = tuple(adafactor)
+
+
 class InitUpdate(NamedTuple):
     init: Callable
     update: Callable

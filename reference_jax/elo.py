@@ -19,7 +19,6 @@ The meta-training expert trajectory and its losses are not modelled.
 from __future__ import annotations
 
 import functools
-from typing import Any
 
 import flax
 import jax
@@ -27,18 +26,13 @@ import jax.numpy as jnp
 import optax
 
 from pylo.reference_jax import common
-from pylo.reference_jax.adafac_mlp_lopt import AdafacMLPLOpt
+from pylo.reference_jax.adafac_mlp_lopt import AdafacMLPLOpt, AdafacMLPLOptState
 
 
 @flax.struct.dataclass
-class ELOState:
-    params: Any
-    state: Any
-    mom_rolling: common.MomAccumulator
-    rms_rolling: common.RMSAccumulator
-    fac_rolling_features: common.FactoredAccum
-    num_steps: jnp.ndarray
-    iteration: jnp.ndarray
+class ELOState(AdafacMLPLOptState):
+    """AdafacLO's state and the learning rate the schedule gave last."""
+
     scheduled_lr: jnp.ndarray
 
 
@@ -95,13 +89,9 @@ class ELO_AdafacMLPLOpt(AdafacMLPLOpt):
         return ELOOpt(self, theta)
 
 
-class ELOOpt(common.ParamsInState):
-    def __init__(self, lopt: ELO_AdafacMLPLOpt, theta):
-        self.lopt, self.theta = lopt, theta
-
+class ELOOpt(common.BoundOpt):
     def init(self, params, model_state=None, num_steps=None, key=None) -> ELOState:
-        if num_steps is None:
-            raise ValueError("Must specify number of steps for this lopt!")
+        num_steps = self.required_steps(num_steps)
         mom, rms, fac = self.lopt.rolling(self.theta)
         return ELOState(params=params, state=model_state, mom_rolling=mom.init(params), rms_rolling=rms.init(params),
                         fac_rolling_features=fac.init(params), num_steps=jnp.asarray(num_steps),

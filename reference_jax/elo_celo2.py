@@ -69,14 +69,15 @@ class ELO_Celo2LOpt:
         return ELOCelo2Opt(self, theta)
 
 
-class ELOCelo2Opt(common.ParamsInState):
+class ELOCelo2Opt(common.BoundOpt):
+    no_steps_message = "Must specify num_steps for ELO_Celo2LOpt!"
+
     def __init__(self, lopt: ELO_Celo2LOpt, theta):
-        self.lopt, self.theta = lopt, theta
+        super().__init__(lopt, theta)
         self.t = Celo2Transformation(**lopt.celo2)
 
     def init(self, params, model_state=None, num_steps=None, key=None) -> ELOCelo2State:
-        if num_steps is None:
-            raise ValueError("Must specify num_steps for ELO_Celo2LOpt!")
+        num_steps = self.required_steps(num_steps)
         mom, rms, fac = self.t.accumulators()
         return ELOCelo2State(params=params, state=model_state, iteration=jnp.asarray(0, jnp.int32),
                              num_steps=jnp.asarray(num_steps, jnp.int32),

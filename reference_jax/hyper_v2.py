@@ -155,9 +155,7 @@ class HyperV2:
         self.lstm_hidden_size = lstm_hidden_size
         self.ff_hidden_size = ff_hidden_size
         self.ff_hidden_layers = ff_hidden_layers
-        self.initial_momentum_decays = tuple(initial_momentum_decays)
-        self.initial_rms_decays = tuple(initial_rms_decays)
-        self.initial_adafactor_decays = tuple(initial_adafactor_decays)
+        common.set_decays(self, initial_momentum_decays, initial_rms_decays, initial_adafactor_decays)
         self.param_inits = param_inits
         self.exp_mult = exp_mult
         self.step_mult = step_mult
@@ -302,18 +300,15 @@ class HyperV2:
         return HyperOptimizer(self, theta)
 
 
-class HyperOptimizer(common.ParamsInState):
+class HyperOptimizer(common.BoundOpt):
     """learned_optimization-style optimizer for a theta: ``init`` / ``update`` / ``get_params``."""
 
-    def __init__(self, lopt: HyperV2, theta):
-        self.lopt = lopt
-        self.theta = theta
+    no_steps_message = "HyperV2 needs num_steps (the training horizon)"
 
     @functools.partial(jax.jit, static_argnums=(0,))
     def init(self, params, model_state=None, num_steps=None, key=None) -> State:
         del key
-        if num_steps is None:
-            raise ValueError("HyperV2 needs num_steps (the training horizon)")
+        num_steps = self.required_steps(num_steps)
         mom, rms, fac = self.lopt.accumulators()
         n_tensors = len(jax.tree_util.tree_leaves(params))
         init_state = as_lstm_state(self.theta["lstm_init_state"])

@@ -29,6 +29,7 @@ from torch import nn
 
 from pylo.core.clipping import clip_by_global_norm
 from pylo.optim.backend import BACKEND_KEYS
+from pylo.optim.sharded import whole_tensors
 
 LossLike = Union[torch.Tensor, float, int]
 NONFINITE_MODES = ("raise", "upstream")
@@ -53,12 +54,29 @@ class LearnedOptimizer(torch.optim.Optimizer):
             raise ValueError(f"nonfinite_grads must be one of {NONFINITE_MODES}, got {nonfinite_grads!r}")
         super().__init__(params, defaults)
         self.nonfinite_grads = nonfinite_grads
-        for group in self.param_groups:
-            for p in group["params"]:
-                if not (p.is_floating_point() or p.is_complex()):
-                    raise TypeError(f"{self.display_name} optimizes floating-point tensors; got {p.dtype}")
         self.network = network
         self._device_networks: Dict[torch.device, nn.Module] = {}
+
+    @torch.no_grad()
+    def step(self, closure=None, loss=None):
+        """One update; ``closure`` (re-evaluates the model, run with gradients on) or ``loss``; returns the loss.
+
+        DTensor parameters (FSDP2, HSDP, tensor parallel) are stepped as their whole tensors
+        (:func:`pylo.optim.sharded.whole_tensors`), so a sharded run computes what an unsharded one does.
+        """
+        loss = self._resolve_loss(closure, loss)
+        with whole_tensors(self):
+            return self._step(loss)
+
+    def _step(self, loss: Optional[LossLike]):
+        """The family's update on ordinary tensors, given the resolved loss (``None`` without one)."""
+        raise NotImplementedError
+
+    def add_param_group(self, param_group: Dict[str, Any]) -> None:
+        """``torch.optim``'s, refusing parameters this optimizer would update wrongly."""
+        super().add_param_group(param_group)
+        for p in self.param_groups[-1]["params"]:
+            check_parameter(p, self.display_name)
 
     # ------------------------------------------------------------------ helpers
     def network_on(self, device: torch.device) -> nn.Module:
@@ -181,6 +199,18 @@ def _copy_to(value: Any, device: torch.device) -> Any:
     if isinstance(value, torch.Tensor):
         return value.detach().to(device=device, copy=True)
     return copy.deepcopy(value)
+
+
+def check_parameter(p: torch.Tensor, name: str) -> None:
+    """Refuse what pylo cannot update correctly: non-float tensors and FSDP1's flattened shards
+    (factoring, per-tensor statistics and orthogonalisation would run on a 1-D slice, silently wrong).
+    DTensor parameters (FSDP2, tensor parallel) are fine: :mod:`pylo.optim.sharded`."""
+    if not (p.is_floating_point() or p.is_complex()):
+        raise TypeError(f"{name} optimizes floating-point tensors; got {p.dtype}")
+    if getattr(p, "_fsdp_flattened", False):
+        raise ValueError(f"{name} cannot run under FSDP1 (FullyShardedDataParallel): it hands the optimizer "
+                         "flattened 1-D shards, on which the learned update would be silently wrong; use FSDP2 "
+                         "(torch.distributed.fsdp.fully_shard) or DDP")
 
 
 def check_number(name: str, value, minimum: Optional[float] = None, strict: bool = False) -> None:

@@ -16,6 +16,7 @@ from collections import defaultdict
 import torch
 
 from pylo.optim.adafac.adafaclo import AdafacLO, AdafacLO_naive
+from pylo.optim.sharded import dtensor_type
 
 DEFAULT_LR = 1.0
 
@@ -60,6 +61,9 @@ def MuLO_naive(params, impl=AdafacLO_naive, **kwargs):
         for index, item in enumerate(items):
             p = _tensor(item)
             infshape = getattr(p, "infshape", None)
+            if infshape is None and isinstance(p, dtensor_type()):
+                raise ValueError("MuLO does not run under FSDP2 / DTensor parameters: fully_shard drops μP's "
+                                 "`infshape` (and mup's MuReadout needs it in forward); use DDP")
             if infshape is None:
                 raise ValueError(
                     f"MuLO needs μP base shapes, but parameter {_describe(item, index)} has no `infshape`: "

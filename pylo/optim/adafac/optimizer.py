@@ -53,10 +53,8 @@ class AdafacOptimizer(LearnedOptimizer):
         """Create the state of the group's parameters that have none yet."""
         init_missing(params, [self.state[p] for p in params], decay_counts(group), group["kernel_layout"])
 
-    @torch.no_grad()
-    def step(self, closure=None, loss=None):
-        """One update. ``closure`` (re-evaluates the model) or ``loss`` are optional; the loss is returned."""
-        loss = self._resolve_loss(closure, loss)
+    def _step(self, loss):
+        """The AdafacLO-family update on ordinary tensors; returns the loss (``None`` without one)."""
         for group, params, grads in self._sanitized_entries(self._clip_norm(), True):
             self._init_group(group, params)
             for device, idx in self._by_device(params).items():

@@ -7,7 +7,7 @@ and one call of :func:`pylo.optim.celo2.functional.celo2` on the group's backend
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 import torch
 
@@ -21,6 +21,20 @@ from pylo.optim.celo2.settings import Settings
 from pylo.optim.celo2.triton import TritonEngine
 from pylo.spec.features import hyper_group_widths
 from pylo.spec.shapes import KERNEL_LAYOUTS
+
+
+#: the param-group defaults, in order, that the constructors' arguments give (``adam_*``: CELO2's own AdamW)
+GROUP_ARGS = ("lr", "weight_decay", "adam_lr_mult", "adam_weight_decay", "adam_betas", "adam_eps", "use_adamw_for_1d",
+              "orthogonalize", "initial_momentum_decays", "initial_rms_decays", "initial_adafactor_decays",
+              "exp_mult", "rmsmult", "param_scale_mult", "ns_coeffs", "ns_iters", "ns_eps", "grad_clip_val",
+              "is_embedding", "kernel_layout")
+_AS_GIVEN = {"use_adamw_for_1d": bool, "orthogonalize": bool, "param_scale_mult": bool, "ns_coeffs": tuple}
+
+
+def group_defaults(args: Mapping[str, Any], **given) -> Dict:
+    """The param-group defaults from a constructor's arguments (``given`` over them; absent keys skipped)."""
+    args = {**args, "is_embedding": False, **given}
+    return {k: _AS_GIVEN.get(k, lambda v: v)(args[k]) for k in GROUP_ARGS if k in args}
 
 
 def check_hyperparameters(defaults: Dict, clip_norm, ff_hidden_size, ff_hidden_layers) -> None:
@@ -67,21 +81,24 @@ class Celo2Base(LearnedOptimizer):
     #: global-norm clipping, then nan_to_num (ELO-CELO2) or not (CELO2)
     upstream_nan_to_num = False
 
-    def _setup(self, params, defaults: Dict, *, clip_grad, clip_norm, ff_hidden_size, ff_hidden_layers, hf_key,
-               checkpoint_path, network, nonfinite_grads, backend, foreach, chunk_size) -> None:
-        check_hyperparameters(defaults, clip_norm, ff_hidden_size, ff_hidden_layers)
-        defaults.update(backend_options(backend, foreach, chunk_size, default=self.default_backend))
+    def _setup(self, params, args: Mapping[str, Any], **given) -> None:
+        """Validate and build from the constructor's arguments ``args`` (its ``locals()``), ``given`` over
+        the group defaults they make."""
+        defaults = group_defaults(args, **given)
+        check_hyperparameters(defaults, args["clip_norm"], args["ff_hidden_size"], args["ff_hidden_layers"])
+        defaults.update(backend_options(args["backend"], args["foreach"], args["chunk_size"],
+                                        default=self.default_backend))
         widths = hyper_group_widths(*(len(defaults[f"initial_{k}_decays"]) for k in DECAY_KINDS))
-        net, _ = load_network(self.network_spec, network=network, checkpoint_path=checkpoint_path,
-                              hub_keys=[hf_key] if hf_key else [],
-                              fallback_config=dict(feature_dims=list(widths), hidden_size=ff_hidden_size,
-                                                   hidden_layers=ff_hidden_layers))
+        net, _ = load_network(self.network_spec, network=args["network"], checkpoint_path=args["checkpoint_path"],
+                              hub_keys=[args["hf_key"]] if args["hf_key"] else [],
+                              fallback_config=dict(feature_dims=list(widths), hidden_size=args["ff_hidden_size"],
+                                                   hidden_layers=args["ff_hidden_layers"]))
         if tuple(net.feature_dims) != widths:
             raise ValueError(f"{self.display_name} builds feature groups of widths {widths} (from the decays) but the "
                              f"meta-network takes {tuple(net.feature_dims)}")
-        super().__init__(params, defaults, net, nonfinite_grads)
-        self.clip_grad = bool(clip_grad)
-        self.clip_norm = float(clip_norm)
+        super().__init__(params, defaults, net, args["nonfinite_grads"])
+        self.clip_grad = bool(args["clip_grad"])
+        self.clip_norm = float(args["clip_norm"])
         self._decays = DecayTensors()
         self._workspaces: Dict = {}
 
@@ -113,10 +130,8 @@ class Celo2Base(LearnedOptimizer):
         raise NotImplementedError
 
     # --------------------------------------------------------------------- step
-    @torch.no_grad()
-    def step(self, closure=None, loss=None):
-        """One update. ``closure`` (re-evaluates the model) or ``loss`` are optional; the loss is returned."""
-        loss = self._resolve_loss(closure, loss)
+    def _step(self, loss):
+        """The CELO2-family update on ordinary tensors; returns the loss (``None`` without one)."""
         for group, params, grads in self._sanitized_entries(self.clip_norm if self.clip_grad else None,
                                                             self.upstream_nan_to_num):
             names = dict(zip(map(id, group["params"]), group.get("param_names", ())))

@@ -111,18 +111,7 @@ class CELO2_naive(Celo2Base):
             if b >= 1.0:
                 raise ValueError(f"adam_betas[{i}] must be < 1, got {b}")
         check_number("adam_eps", adam_eps, minimum=0.0)
-        defaults = dict(lr=lr, weight_decay=weight_decay, adam_lr_mult=adam_lr_mult,
-                        adam_weight_decay=adam_weight_decay, adam_betas=tuple(float(b) for b in betas),
-                        adam_eps=float(adam_eps), use_adamw_for_1d=bool(use_adamw_for_1d),
-                        orthogonalize=bool(orthogonalize), initial_momentum_decays=initial_momentum_decays,
-                        initial_rms_decays=initial_rms_decays, initial_adafactor_decays=initial_adafactor_decays,
-                        exp_mult=exp_mult, rmsmult=rmsmult, param_scale_mult=bool(param_scale_mult),
-                        ns_coeffs=tuple(ns_coeffs), ns_iters=ns_iters, ns_eps=ns_eps, grad_clip_val=grad_clip_val,
-                        is_embedding=False, kernel_layout=kernel_layout)
-        self._setup(params, defaults, clip_grad=clip_grad, clip_norm=clip_norm, ff_hidden_size=ff_hidden_size,
-                    ff_hidden_layers=ff_hidden_layers, hf_key=hf_key, checkpoint_path=checkpoint_path,
-                    network=network, nonfinite_grads=nonfinite_grads, backend=backend, foreach=foreach,
-                    chunk_size=chunk_size)
+        self._setup(params, locals(), adam_betas=tuple(float(b) for b in betas), adam_eps=float(adam_eps))
 
     def _settings(self, group) -> Settings:
         adamw = AdamWPath(lr=float32_product(group["adam_lr_mult"], group["lr"]), betas=tuple(group["adam_betas"]),

@@ -73,17 +73,7 @@ class ELO_CELO2_naive(Celo2Base):
                  hf_key: Optional[str] = "DiamondXL/elo-celo2", checkpoint_path=None,
                  network: Optional[CELO2MLP] = None, *, foreach: Optional[bool] = None, kernel_layout: str = "torch",
                  nonfinite_grads: str = "raise", backend: Optional[str] = None, chunk_size: int = DEFAULT_CHUNK):
-        defaults = dict(lr=lr, weight_decay=weight_decay, adam_lr_mult=adam_lr_mult,
-                        adam_weight_decay=adam_weight_decay, use_adamw_for_1d=bool(use_adamw_for_1d),
-                        orthogonalize=bool(orthogonalize), initial_momentum_decays=initial_momentum_decays,
-                        initial_rms_decays=initial_rms_decays, initial_adafactor_decays=initial_adafactor_decays,
-                        exp_mult=exp_mult, rmsmult=rmsmult, param_scale_mult=bool(param_scale_mult),
-                        ns_coeffs=tuple(ns_coeffs), ns_iters=ns_iters, ns_eps=ns_eps, grad_clip_val=grad_clip_val,
-                        is_embedding=False, kernel_layout=kernel_layout)
-        self._setup(params, defaults, clip_grad=clip_grad, clip_norm=clip_norm, ff_hidden_size=ff_hidden_size,
-                    ff_hidden_layers=ff_hidden_layers, hf_key=hf_key, checkpoint_path=checkpoint_path,
-                    network=network, nonfinite_grads=nonfinite_grads, backend=backend, foreach=foreach,
-                    chunk_size=chunk_size)
+        self._setup(params, locals())
 
     def _settings(self, group) -> Settings:
         """The AdamW path on the shared accumulators: betas are the first momentum and last RMS decays."""

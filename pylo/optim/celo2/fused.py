@@ -1,4 +1,4 @@
-"""The fused CELO2-family engine: bounded memory, few passes, the normaliser folded into the first layer.
+"""The fused CELO2-family engine: bounded memory, few passes, upstream's arithmetic order in the MLP.
 
 Same update as the naive engine within float32 round-off, computed differently. A learned tensor
 (work layout) is visited in slabs that never cross a matrix of its last two axes
@@ -10,11 +10,14 @@ Same update as the naive engine within float32 round-off, computed differently. 
    per-element feature channels written channel-major into a reused buffer and their sums of
    squares accumulated per (matrix, channel); the 12 channels that only broadcast the Adafactor
    tables get theirs from the tables;
-2. (:meth:`FusedEngine.finish`) the second-moment normaliser, one scale per (matrix, channel),
-   folded into a per-matrix copy of the first layer (``(x * s) @ W0 = x @ (s * W0)``);
-3. pass 2: the features again, the MLP with ``addmm`` in channel-major layout (``W @ X``: the long
-   axis is the matmul's N), and ``d * exp(mag * exp_mult)`` written into one step buffer (4 B/param:
-   Newton-Schulz needs the whole step);
+2. (:meth:`FusedEngine.finish`) the second-moment normaliser, one scale per (matrix, channel);
+3. pass 2: the features again, each channel times its scale (``x * s``, as upstream), the MLP in
+   channel-major layout (``W @ X``: the long axis is the matmul's N) with the first layer summed
+   group by group in upstream's order and its bias added last (upstream's unrolled first layer), and
+   ``d * exp(mag * exp_mult)`` written into one step buffer (4 B/param: Newton-Schulz needs the whole
+   step). The order matters: Newton-Schulz amplifies round-off in a nearly singular step (about 80x
+   at a condition number of 1e4), so folding the scale into ``W0`` (``x @ (s * W0)``) or one
+   ``addmm`` over all channels drifted twice as far from the reference;
 4. Newton-Schulz per matrix (:func:`pylo.optim.celo2.plan.orthogonalize_and_scale`);
 5. pass 3: output normalisation, ``rmsmult``, weight decay, ``lr`` and the parameter update, slab
    by slab (bf16/fp16 parameters rounded once).
@@ -194,11 +197,11 @@ class FusedEngine(Celo2Engine):
             t.state["step"] += 1
 
     def _directions(self, t: LearnedTensor, ws: Workspace, w0_blocks, b0, dense, act) -> torch.Tensor:
-        """Pass 2: the normalisers folded into a first layer per matrix; features, MLP and
-        ``direction * magnitude`` into the step buffer."""
+        """Pass 2: features, normalised per (matrix, channel); the MLP and ``direction * magnitude`` into
+        the step buffer."""
         cfg, lay = self.settings.step, t.layout
         scale = torch.rsqrt(NORMALIZER_EPS + t.sumsq / t.matrix_numel)
-        w0 = lay.first_layer(w0_blocks).unsqueeze(0) * scale.unsqueeze(1)  # (matrices, hidden, channels)
+        first = [(w0_blocks[grp].T, lay.rows(grp)) for grp in sorted(lay.groups)]  # upstream's group order
         mag_scale = None
         if cfg.param_scale_mult:
             p_sq = reduce.sum_all(t.sumsq[:, lay.offsets[GROUP["p"]]])
@@ -208,7 +211,11 @@ class FusedEngine(Celo2Engine):
             x = ws.x(count)
             g_s = load_grad(x, t, idx)
             fill_slab(x, t, idx, g_s, tables=True)
-            h = act(torch.addmm(b0, w0[mat], x[: lay.channels], out=ws.h(0, count)))
+            features = x[: lay.channels].mul_(scale[mat].unsqueeze(1))
+            h = torch.mm(first[0][0], features[first[0][1]], out=ws.h(0, count))
+            for w, rows in first[1:]:
+                h.addmm_(w, features[rows])
+            h = act(h.add_(b0))
             for j, (w, b) in enumerate(dense[:-1]):
                 h = act(torch.addmm(b, w, h, out=ws.h(j + 1, count)))
             out = torch.addmm(dense[-1][1], dense[-1][0], h, out=ws.out(count))

@@ -55,10 +55,6 @@ class Layout:
         """``(group, column)`` of each channel, in buffer order."""
         return [(grp, j) for grp in self.groups for j in range(self.widths[grp])]
 
-    def first_layer(self, w0: Sequence[torch.Tensor]) -> torch.Tensor:
-        """``(hidden, channels)``: the first-layer blocks of the groups used, in buffer order."""
-        return torch.cat([w0[grp] for grp in self.groups]).T
-
 
 def matrix_count(shape: Sequence[int]) -> int:
     """Matrices of the last two axes in a work-layout tensor (1 below rank 3)."""

@@ -69,7 +69,7 @@ class Celo_naive(HyperV2Optimizer):
     def __init__(self, params, num_steps: int, lr=1.0, weight_decay=0.0, exp_mult=0.001, step_mult=0.001,
                  train_phase: int = 2, hf_key: Optional[str] = None, *, checkpoint_path=None,
                  network: Optional[HyperNetwork] = None, weight_decay_mode: str = "decoupled", clip_grad=False,
-                 max_grad_norm=None, all_reduce_loss: bool = False,
+                 max_grad_norm=None, all_reduce_loss: Optional[bool] = None,
                  initial_momentum_decays=DEFAULT_MOMENTUM_DECAYS, initial_rms_decays=DEFAULT_RMS_DECAYS,
                  initial_adafactor_decays=DEFAULT_ADAFACTOR_DECAYS, foreach: Optional[bool] = None,
                  kernel_layout: str = "torch", nonfinite_grads: str = "raise", backend: Optional[str] = None,

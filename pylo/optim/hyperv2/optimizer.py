@@ -84,7 +84,7 @@ class HyperV2Optimizer(LearnedOptimizer):
     def __init__(self, params, *, network: HyperNetwork, controller: Controller, num_steps: int, lr, exp_mult,
                  step_mult, weight_decay, weight_decay_mode: str, momentum_decays, rms_decays, adafactor_decays,
                  initial_momentum_decays, initial_rms_decays, initial_adafactor_decays, interp_mult: float,
-                 clip_grad: bool, max_grad_norm: Optional[float], all_reduce_loss: bool,
+                 clip_grad: bool, max_grad_norm: Optional[float], all_reduce_loss: Optional[bool],
                  max_training_steps: Optional[int], foreach: Optional[bool], kernel_layout: str,
                  nonfinite_grads: str = "raise", extra_defaults: Optional[Dict] = None,
                  backend: Optional[str] = None, chunk_size: int = DEFAULT_CHUNK):
@@ -107,7 +107,9 @@ class HyperV2Optimizer(LearnedOptimizer):
         self.interp_mult = float(interp_mult)
         self.clip_grad = bool(clip_grad) or max_grad_norm is not None
         self.max_grad_norm = 1.0 if max_grad_norm is None else float(max_grad_norm)
-        self.all_reduce_loss = bool(all_reduce_loss)
+        if all_reduce_loss is not None and not isinstance(all_reduce_loss, bool):
+            raise TypeError(f"all_reduce_loss must be None (auto), True or False, got {all_reduce_loss!r}")
+        self.all_reduce_loss = all_reduce_loss
         self.max_training_steps = max_training_steps
         self.num_average = (int(math.ceil(self.num_steps / max_training_steps))
                             if max_training_steps is not None and self.num_steps > max_training_steps else 1)
@@ -141,15 +143,13 @@ class HyperV2Optimizer(LearnedOptimizer):
         return self._decay_cache[key]
 
     # ------------------------------------------------------------------- step
-    @torch.no_grad()
-    def step(self, closure=None, loss=None):
-        """One update; takes the loss (``step(loss)``, ``step(loss=...)``) or a closure returning it.
+    def _step(self, loss):
+        """The VeLO/Celo update; needs the loss (``step(loss)``, ``step(loss=...)`` or a closure returning it).
 
         Returns the loss. With ``nonfinite_grads="raise"`` (default) a NaN/Inf gradient or
         loss raises and nothing changes; with ``"upstream"`` they go through as upstream
         lets them (gradients clipped to +-1000, NaN propagating).
         """
-        loss = self._resolve_loss(closure, loss)
         if loss is None:
             raise prefab.missing_loss(self.display_name)
         items = [(group, p, g) for group, params, grads in self._grad_entries() for p, g in zip(params, grads)]

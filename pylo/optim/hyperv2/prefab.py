@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
@@ -21,8 +21,9 @@ def missing_loss(name: str) -> TypeError:
                      "Call opt.step(loss) (a tensor or a float) or opt.step(closure) with a closure that "
                      "returns the loss")
 
-def loss_tensor(loss, device: torch.device, name: str, all_reduce: bool = False) -> torch.Tensor:
-    """The loss as a float32 0-d tensor on ``device`` (averaged over ranks when ``all_reduce``)."""
+def loss_tensor(loss, device: torch.device, name: str, all_reduce: Optional[bool] = False) -> torch.Tensor:
+    """The loss as a float32 0-d tensor on ``device``, averaged over ranks when ``all_reduce`` (``None``:
+    when a process group of more than one rank is initialised)."""
     if isinstance(loss, torch.Tensor):
         if loss.numel() != 1:
             raise ValueError(f"{name}.step() needs a scalar loss, got a tensor of shape "
@@ -34,7 +35,7 @@ def loss_tensor(loss, device: torch.device, name: str, all_reduce: bool = False)
         loss_t = torch.tensor(float(loss), dtype=torch.float32, device=device)
     else:
         raise TypeError(f"{name}.step() takes the loss as a tensor or a float, got {type(loss).__name__}")
-    if all_reduce:
+    if all_reduce or (all_reduce is None and world_size() > 1):
         loss_t = all_reduce_mean(loss_t)
     return loss_t
 
@@ -81,6 +82,13 @@ def accumulate(state: Dict, param_groups, items, loss_t: torch.Tensor, global_st
             if st and "grad_accum" in st:
                 ready.append((group, p, st.pop("grad_accum") / num_average))
     return None, micro_step, (ready, loss_accum / num_average)
+
+def world_size() -> int:
+    """Ranks of the initialised default process group (1 when there is none)."""
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
 
 def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
     """The mean of ``value`` over all ranks when ``torch.distributed`` is initialised, else ``value``."""

@@ -70,9 +70,12 @@ class VeLO_naive(HyperV2Optimizer):
             advances. Off for the released VeLO; on for the "no_config" ones.
         all_reduce_loss: under DDP every rank must feed the *same* loss (the
             LSTM reads it, and replicas that see different losses drift apart).
-            With ``True`` the loss is averaged over ranks with
-            ``torch.distributed.all_reduce`` when the process group is
-            initialised (no-op otherwise); else pass an already-averaged loss.
+            By default (``None``) the loss is averaged over ranks with
+            ``torch.distributed.all_reduce`` whenever a process group of more
+            than one rank is initialised: what one process would see on the
+            whole batch. ``False`` opts out (pass an already-averaged loss, or
+            run where not every rank steps together); ``True`` averages
+            whenever a process group is initialised.
         max_training_steps: as upstream's prefab: when ``num_steps`` exceeds it,
             ``k = ceil(num_steps / max_training_steps)`` consecutive ``step()``
             calls are averaged (gradients and losses) into one VeLO update,
@@ -118,7 +121,7 @@ class VeLO_naive(HyperV2Optimizer):
                  hf_key_mlp: Optional[str] = "Pauljanson002/VeLO_MLP", *, checkpoint_path=None,
                  network: Optional[HyperNetwork] = None, use_bugged_loss_features: bool = False,
                  use_bugged_next_lstm_state: bool = False, weight_decay_mode: str = "decoupled",
-                 all_reduce_loss: bool = False, max_training_steps: Optional[int] = MAX_TRAINING_STEPS,
+                 all_reduce_loss: Optional[bool] = None, max_training_steps: Optional[int] = MAX_TRAINING_STEPS,
                  ff_mult: float = 100.0, max_grad_norm=None, foreach: Optional[bool] = None,
                  kernel_layout: str = "torch", nonfinite_grads: str = "raise", backend: Optional[str] = None,
                  chunk_size: int = DEFAULT_CHUNK):

@@ -1,0 +1,136 @@
+"""DDP with the loss-consuming optimizers (VeLO, Celo): real gloo process groups on this machine.
+
+Each rank trains on its own half of the batch; DDP averages the gradients, and VeLO/Celo average the
+loss by default, so every rank computes what one process computes on the whole batch.
+"""
+
+import time
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+import dist_workers as w
+from pylo.parity_tests.optim_db import DATABASE, get
+
+WORLD, STEPS, TIMEOUT_S = 2, 4, 240
+
+
+def _spawn(worker, *args, world: int = WORLD) -> None:
+    """Run ``worker(rank, world, *args)`` on ``world`` ranks; fail (never hang) past ``TIMEOUT_S``."""
+    ctx = mp.start_processes(worker, args=(world, *args), nprocs=world, join=False, start_method="spawn")
+    deadline = time.monotonic() + TIMEOUT_S
+    while not ctx.join(timeout=max(1.0, deadline - time.monotonic())):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail(f"{worker.__name__} did not finish within {TIMEOUT_S} s")
+
+
+@pytest.mark.parametrize("name", ["velo", "celo"])
+def test_ddp_ranks_see_the_mean_loss_by_default(name, tmp_path):
+    if not torch.distributed.is_available():
+        pytest.skip("torch.distributed not available")
+    _spawn(w.ddp_loss_worker, str(tmp_path / "store"), str(tmp_path), name, STEPS)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
+
+    # one process on the whole batch: the mean loss and the mean gradient of the two halves
+    net = w.model()
+    x, y = w.data()
+    opt = get(name).build(list(net.named_parameters()))
+    w.train(net, opt, x, y, STEPS)
+    whole = {**net.state_dict(), "loss_means": w.loss_means(opt)}
+
+    for key, ref in whole.items():
+        assert torch.equal(ranks[0]["default"][key], ranks[1]["default"][key]), key
+        diff = float((ranks[0]["default"][key] - ref).abs().max() / ref.abs().max().clamp_min(1.0))
+        assert diff <= 1e-6, (key, diff)
+    # opting out, each rank's LSTM reads its own half's loss
+    assert not torch.allclose(ranks[0]["opt_out"]["loss_means"], ranks[1]["opt_out"]["loss_means"])
+
+
+def test_all_reduce_loss_is_validated():
+    net = w.model()
+    with pytest.raises(TypeError, match="all_reduce_loss"):
+        get("velo").build(list(net.named_parameters()), all_reduce_loss="yes")
+
+
+# ------------------------------------------------------- what is refused, clearly
+@pytest.fixture
+def one_rank_group(tmp_path):
+    """A real one-rank gloo process group (FSDP needs one to wrap a module)."""
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        pytest.skip("torch.distributed not available")
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+def _named(module):
+    """``(name, parameter)`` pairs with names that every database entry accepts (μP's ParameterDict: no dots)."""
+    return [(n.replace(".", "_"), p) for n, p in module.named_parameters()]
+
+
+@pytest.mark.parametrize("name", [info.name for info in DATABASE])
+def test_fsdp1_is_refused_at_construction(name, one_rank_group):
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    info = get(name)
+    for module in info.requires:
+        pytest.importorskip(module)
+    flat = FullyShardedDataParallel(w.model(), use_orig_params=True, device_id=torch.device("cpu"))
+    with pytest.raises(ValueError, match="FSDP1"):
+        info.build(_named(flat))
+
+
+# ------------------------------------------------------------------ FSDP2 / HSDP
+SHARDED = [info.name for info in DATABASE if info.name != "mulo"]  # μP's infshape does not survive fully_shard
+SHARDED_STEPS = 50
+
+
+def _unsharded(name: str, backend: str):
+    module = w.Shapes()
+    w.train_shapes(module, get(name).build(list(module.named_parameters()), run_on=backend), SHARDED_STEPS)
+    return w.whole_params(module)
+
+
+def _check_sharded_runs(ranks, cases) -> None:
+    for case in cases:
+        ref = _unsharded(*case)
+        for key in ref:
+            for r in ranks[1:]:
+                assert torch.equal(ranks[0][case][key], r[case][key]), (case, key)
+            diff = float((ranks[0][case][key] - ref[key]).abs().max())
+            assert diff <= 1e-6, (case, key, diff)
+
+
+def test_fsdp2_steps_equal_the_unsharded_run(tmp_path):
+    cases = [(n, b) for n in SHARDED for b in ("naive", "fused")]
+    _spawn(w.fsdp2_worker, str(tmp_path / "store"), str(tmp_path), cases, SHARDED_STEPS)
+    _check_sharded_runs([torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)], cases)
+
+
+def test_hsdp_on_a_2x2_mesh_equals_the_unsharded_run(tmp_path):
+    cases = [("adafaclo", "naive"), ("velo", "fused"), ("celo2", "fused")]
+    _spawn(w.fsdp2_worker, str(tmp_path / "store"), str(tmp_path), cases, SHARDED_STEPS, (2, 2), world=4)
+    _check_sharded_runs([torch.load(tmp_path / f"rank{r}.pt") for r in range(4)], cases)
+
+
+def test_column_wise_tensor_parallel_equals_the_unsharded_run(tmp_path):
+    cases = [(n, "fused") for n in ("adafaclo", "elo", "celo2", "elo_celo2")]
+    _spawn(w.placed_worker, str(tmp_path / "store"), str(tmp_path), cases, SHARDED_STEPS)
+    _check_sharded_runs([torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)], cases)
+
+
+def test_mulo_under_fsdp2_is_refused_clearly(one_rank_group):
+    pytest.importorskip("mup")
+    from torch.distributed.fsdp import fully_shard
+
+    from pylo.optim import MuLO_naive
+
+    model = w.model()
+    fully_shard(model)
+    with pytest.raises(ValueError, match="FSDP2"):
+        MuLO_naive(model.parameters(), network=get("mulo").make_small_network(0))

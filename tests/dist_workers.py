@@ -1,0 +1,163 @@
+"""Worker functions for the multi-process tests (importable by the spawned ranks: ``tests`` is on the path)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+BATCH, FEATURES, OUT = 8, 6, 3
+
+
+def data(seed: int = 0):
+    """The whole batch (every rank takes its own contiguous slice)."""
+    g = torch.Generator().manual_seed(seed)
+    x, y = torch.randn(BATCH, FEATURES, generator=g), torch.randn(BATCH, OUT, generator=g)
+    y[BATCH // 2:] = 3 * y[BATCH // 2:] + 2  # the halves' losses differ in level and in how they fall
+    return x, y
+
+
+def model() -> torch.nn.Module:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Linear(FEATURES, 5), torch.nn.Tanh(), torch.nn.Linear(5, OUT))
+
+
+def train(module: torch.nn.Module, opt, x, y, steps: int) -> None:
+    """``steps`` steps of MSE on ``(x, y)``; the loss handed to ``opt.step``."""
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = torch.nn.functional.mse_loss(module(x), y)
+        loss.backward()
+        opt.step(loss=loss.detach())
+
+
+def loss_means(opt) -> torch.Tensor:
+    """The loss averages VeLO/Celo keep (what their LSTM reads of the loss)."""
+    from pylo.optim.hyperv2.constants import GLOBAL_STATE_KEY
+
+    return opt.state[GLOBAL_STATE_KEY]["loss_buffer"]["means"].clone()
+
+
+def ddp_loss_worker(rank: int, world: int, store: str, out: str, name: str, steps: int) -> None:
+    """Two DDP replicas of one model, trained on different halves of the batch: one optimizer with the
+    default loss handling, one with ``all_reduce_loss=False``; each rank saves its parameters."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from pylo.parity_tests.optim_db import get
+
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    try:
+        x, y = data()
+        share = BATCH // world
+        x, y = x[rank * share:(rank + 1) * share], y[rank * share:(rank + 1) * share]
+        saved = {}
+        for label, kwargs in (("default", {}), ("opt_out", {"all_reduce_loss": False})):
+            net = DDP(model())
+            opt = get(name).build(list(net.module.named_parameters()), **kwargs)
+            train(net, opt, x, y, steps)
+            saved[label] = {k: v.detach().clone() for k, v in net.module.state_dict().items()}
+            saved[label]["loss_means"] = loss_means(opt)
+        torch.save(saved, Path(out) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+# ------------------------------------------------------------------ FSDP2
+#: the parity shapes FSDP2 accepts (it refuses 0-D parameters), with uneven and smaller-than-world dims
+SHARDED_SHAPES = {"tiny": (1,), "vector": (7,), "wide": (5, 9), "tall": (11, 4), "square": (6, 6),
+                  "size1": (1, 5), "tensor3d": (3, 4, 5), "conv": (6, 4, 3, 2), "embedding": (50, 8)}
+
+
+class Shapes(torch.nn.Module):
+    """One parameter per shape; ``forward(t)`` is a loss whose gradient is ``p + c * cos(t)`` per tensor."""
+
+    def __init__(self, seed: int = 0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        for name, shape in SHARDED_SHAPES.items():
+            self.register_parameter(name, torch.nn.Parameter(0.5 * torch.randn(shape, generator=g)))
+            self.register_buffer(f"{name}_c", torch.randn(shape, generator=g))
+
+    def forward(self, t: int) -> torch.Tensor:
+        scale = float(torch.cos(torch.tensor(0.7 * t)))
+        terms = [(p * getattr(self, f"{n}_c") * scale + 0.5 * p * p).sum() for n, p in self.named_parameters()]
+        return torch.stack(terms).sum()
+
+
+def train_shapes(module: torch.nn.Module, opt, steps: int) -> None:
+    for t in range(steps):
+        opt.zero_grad()
+        loss = module(t)
+        loss.backward()
+        opt.step(loss=loss.detach())
+
+
+def whole_params(module: torch.nn.Module):
+    """Every parameter as a whole plain tensor (DTensors gathered)."""
+    return {n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone()
+            for n, p in module.named_parameters()}
+
+
+def fsdp2_worker(rank: int, world: int, store: str, out: str, cases, steps: int, mesh_shape=None) -> None:
+    """Each ``(optimizer, backend)`` of ``cases`` on a ``fully_shard``-ed :class:`Shapes` (a 2-D
+    ``mesh_shape``: HSDP, replicate x shard); each rank saves the whole parameters it ends with."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    from pylo.parity_tests.optim_db import get
+
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    try:
+        shape = tuple(mesh_shape or (world,))
+        mesh = init_device_mesh("cpu", shape, mesh_dim_names=("replicate", "shard")[-len(shape):])
+        saved = {}
+        for name, backend in cases:
+            module = Shapes()
+            fully_shard(module, mesh=mesh)
+            opt = get(name).build(list(module.named_parameters()), run_on=backend)
+            train_shapes(module, opt, steps)
+            saved[(name, backend)] = whole_params(module)
+        torch.save(saved, Path(out) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def placed_worker(rank: int, world: int, store: str, out: str, cases, steps: int) -> None:
+    """Tensor-parallel placements without a parallel module: every matrix ``Shard(1)`` (column-wise),
+    every vector ``Shard(0)``, on a 1-D mesh, and gradients set as DTensors of the same placements."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    from pylo.parity_tests.optim_db import get
+
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    try:
+        mesh = init_device_mesh("cpu", (world,))
+        saved = {}
+        for name, backend in cases:
+            module = Shapes()
+            for n, p in list(module.named_parameters()):
+                placement = [Shard(1 if p.dim() >= 2 else 0)]
+                setattr(module, n, torch.nn.Parameter(distribute_tensor(p.detach(), mesh, placement)))
+            opt = get(name).build(list(module.named_parameters()), run_on=backend)
+            for t in range(steps):
+                scale = float(torch.cos(torch.tensor(0.7 * t)))
+                loss = torch.zeros(())
+                with torch.no_grad():
+                    for n, p in module.named_parameters():
+                        whole, c = p.full_tensor(), getattr(module, f"{n}_c")
+                        p.grad = distribute_tensor(whole + c * scale, mesh, p.placements)
+                        loss = loss + (whole * c * scale + 0.5 * whole * whole).sum()
+                opt.step(loss=loss)
+            saved[(name, backend)] = whole_params(module)
+        torch.save(saved, Path(out) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
