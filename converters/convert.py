@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 import numpy as np
+import torch
 
 from pylo import checkpoints
 from pylo.checkpoint_io import FORMAT_VERSION, META_KEY, write_bytes_atomic, write_checkpoint
@@ -80,7 +81,11 @@ def convert(src, dst, optimizer: str, *, overwrite: bool = False, mlp=None) -> P
     config[META_KEY] = {"optimizer": optimizer, "format_version": FORMAT_VERSION, "source": origin}
     if training:
         config[META_KEY]["optimizer_config"] = training
-    return write_checkpoint(dst, config, tensors, overwrite=overwrite)
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(f"{src}: non-finite weights (NaN or Inf) in {', '.join(bad[:3])}"
+                              f"{', ...' if len(bad) > 3 else ''}; nothing written")
+    return write_checkpoint(dst, config, tensors, overwrite=overwrite, source=src)
 
 
 def to_jax(src, dst, optimizer: Optional[str] = None, *, container: str = "auto", overwrite: bool = False) -> Path:

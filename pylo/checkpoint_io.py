@@ -7,14 +7,22 @@ arguments at top level (what ``from_pretrained`` passes to ``__init__``) and
 pylo's own metadata under ``"pylo"``; the same config is embedded in the
 safetensors header so a lone ``.safetensors`` file is self-describing.
 
-Writes are atomic: the folder is assembled beside its destination and renamed
-into place, so an interrupted or failed write leaves nothing behind.
+Writes are atomic: the folder is assembled beside its destination (``.NAME.tmp-XXXXXXXX``) and
+swapped into place with one ``renameat2(RENAME_EXCHANGE)``, so at every instant the destination holds
+the old checkpoint or the new one. ``overwrite`` replaces only a pylo checkpoint folder (its
+``config.json`` names pylo) that holds nothing else and does not contain the source being converted.
+Leftovers of an interrupted write are removed by the next write to the same destination and are
+never read as checkpoints.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import glob
 import json
 import os
+import re
 import shutil
 import uuid
 from dataclasses import dataclass, field
@@ -70,7 +78,22 @@ def _read_config(path: Path) -> Dict:
     return config
 
 
+def _floating(ckpt: Checkpoint) -> Checkpoint:
+    """Refuse non-floating tensors: a meta-network's weights are floats, and casting integers would
+    silently give other weights."""
+    bad = [f"{k} ({v.dtype})" for k, v in ckpt.tensors.items() if not v.is_floating_point()]
+    if bad:
+        raise CheckpointError(f"{ckpt.origin}: non-floating tensors in a checkpoint: {', '.join(bad[:3])}"
+                              f"{', ...' if len(bad) > 3 else ''}")
+    return ckpt
+
+
 def read_checkpoint(path) -> Checkpoint:
+    """Read a local checkpoint (:func:`_read_any`), refusing non-floating tensors."""
+    return _floating(_read_any(path))
+
+
+def _read_any(path) -> Checkpoint:
     """Read a local checkpoint: a folder, a ``.safetensors`` file, or a torch state-dict file.
 
     Torch files (``.pt``/``.pth``/``.bin``) are read with ``weights_only=True``
@@ -79,6 +102,8 @@ def read_checkpoint(path) -> Checkpoint:
     path = Path(path).expanduser()
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
+    if LEFTOVER.match(path.name):
+        raise CheckpointError(f"{path}: the leftover of an interrupted pylo write, not a checkpoint")
     if path.is_dir():
         weights = path / WEIGHTS_NAME
         if not weights.exists():
@@ -122,16 +147,22 @@ def _header_config(header: Dict, path: Path) -> Dict:
     return config if isinstance(config, dict) else {}
 
 
-def write_checkpoint(folder, config: Dict, tensors: Dict[str, torch.Tensor], overwrite: bool = False) -> Path:
-    """Atomically write ``folder`` (``config.json`` + ``model.safetensors``)."""
+def write_checkpoint(folder, config: Dict, tensors: Dict[str, torch.Tensor], overwrite: bool = False,
+                     source=None) -> Path:
+    """Atomically write ``folder`` (``config.json`` + ``model.safetensors``).
+
+    ``overwrite`` replaces an existing pylo checkpoint folder only (:func:`check_replaceable`);
+    ``source``, the file or folder being converted, must not lie inside ``folder``.
+    """
     from safetensors.torch import save_file
 
     folder = Path(folder).expanduser()
-    if folder.exists() and not overwrite:
-        raise CheckpointError(f"{folder} already exists (pass overwrite=True / --overwrite to replace it)")
-    if folder.exists() and not folder.is_dir():
-        raise CheckpointError(f"{folder} exists and is not a folder")
+    if folder.exists():
+        if not overwrite:
+            raise CheckpointError(f"{folder} already exists (pass overwrite=True / --overwrite to replace it)")
+        check_replaceable(folder, source)
     folder.parent.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(folder)
     tmp = folder.parent / f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
@@ -148,12 +179,47 @@ def write_checkpoint(folder, config: Dict, tensors: Dict[str, torch.Tensor], ove
     return folder
 
 
+#: what a pylo checkpoint folder may hold (anything else makes ``overwrite`` refuse)
+CHECKPOINT_FILES = {CONFIG_NAME, WEIGHTS_NAME, "README.md", ".gitattributes"}
+#: the names of a write's temporary and backup folders (``.NAME.tmp-XXXXXXXX`` / ``.NAME.old-XXXXXXXX``)
+LEFTOVER = re.compile(r"^\..+\.(tmp|old)-[0-9a-f]{8}$")
+
+
+def check_replaceable(folder: Path, source=None) -> None:
+    """Refuse to replace anything but a pylo checkpoint folder that holds nothing else and not the source."""
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder} exists and is not a folder; not replacing it")
+    others = sorted(p.name for p in folder.iterdir() if p.name not in CHECKPOINT_FILES)
+    if others:
+        raise CheckpointError(f"{folder} holds files that are not a pylo checkpoint's ({', '.join(others[:3])}"
+                              f"{', ...' if len(others) > 3 else ''}); not replacing it")
+    config_path = folder / CONFIG_NAME
+    config = _read_config(config_path) if config_path.exists() else {}
+    if META_KEY not in config:
+        raise CheckpointError(f"{folder} is not a pylo checkpoint folder (no pylo config.json); not replacing it")
+    if source is not None:
+        src = Path(source).expanduser().resolve()
+        if src == folder.resolve() or folder.resolve() in src.parents:
+            raise CheckpointError(f"{folder} contains the source {source}; write the conversion elsewhere")
+
+
+def remove_leftovers(target: Path) -> None:
+    """Delete the temporary and backup folders or files that interrupted writes to ``target`` left."""
+    prefix = f".{target.name}."
+    for p in target.parent.glob(f".{glob.escape(target.name)}.*"):
+        if p.name.startswith(prefix) and LEFTOVER.match(p.name):
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
+
 def write_bytes_atomic(path, data: bytes, overwrite: bool = False) -> Path:
     """Atomically write one file (temp file in the same folder, then ``os.replace``)."""
     path = Path(path).expanduser()
     if path.exists() and not overwrite:
         raise CheckpointError(f"{path} already exists (pass overwrite=True / --overwrite to replace it)")
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder; not replacing it with a file")
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(path)
     tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
         with open(tmp, "wb") as f:
@@ -173,9 +239,14 @@ def _fsync(path: Path) -> None:
 
 
 def _replace_dir(tmp: Path, folder: Path) -> None:
+    """Move ``tmp`` to ``folder``; an existing ``folder`` is swapped out atomically, then deleted."""
     if not folder.exists():
         os.rename(tmp, folder)
         return
+    if _exchange(tmp, folder):  # tmp now holds the old checkpoint
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
+    # no renameat2 (not Linux): two renames; a crash between them leaves the old one in .NAME.old-*
     backup = folder.parent / f".{folder.name}.old-{uuid.uuid4().hex[:8]}"
     os.rename(folder, backup)
     try:
@@ -184,3 +255,21 @@ def _replace_dir(tmp: Path, folder: Path) -> None:
         os.rename(backup, folder)
         raise
     shutil.rmtree(backup, ignore_errors=True)
+
+
+_AT_FDCWD, _RENAME_EXCHANGE = -100, 2
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux ``renameat2(RENAME_EXCHANGE)``); False where unsupported."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(_AT_FDCWD, os.fsencode(str(a)), _AT_FDCWD, os.fsencode(str(b)), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))

@@ -4,10 +4,15 @@ Real ``huggingface_hub`` code: it honours ``HF_HUB_OFFLINE`` (then only the
 local cache is read), ``HF_HUB_CACHE``/``HF_HOME``, and a revision pinned with
 ``"owner/name@revision"``. Anything that prevents getting the files becomes a
 :class:`~pylo.errors.HubUnavailableError` saying how to load from disk instead.
+
+huggingface_hub's default HTTP client waits forever for a server that accepts and never answers;
+while pylo downloads, its requests have connect and read timeouts (:func:`bounded_hub_client`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
 from typing import Optional, Sequence, Tuple
 
@@ -26,6 +31,63 @@ def split_hub_key(key: str) -> Tuple[str, Optional[str]]:
     return repo, (revision or None)
 
 
+#: seconds to wait for a connection to the hub (``PYLO_HUB_CONNECT_TIMEOUT``); reads wait
+#: ``HF_HUB_DOWNLOAD_TIMEOUT`` (huggingface_hub's setting, 10 s by default) for each chunk
+CONNECT_TIMEOUT = 5.0
+
+
+@contextlib.contextmanager
+def bounded_hub_client():
+    """Inside, huggingface_hub's requests time out (unless the caller installed their own client factory).
+
+    huggingface_hub passes ``timeout=None`` (wait forever) for its metadata calls, which overrides a
+    client's default, so the timeouts are filled in where requests are sent: in the transport.
+    """
+    from huggingface_hub import constants, set_client_factory
+    from huggingface_hub.utils import _http
+
+    previous = getattr(_http, "_GLOBAL_CLIENT_FACTORY", None)
+    if previous is not _http.default_client_factory:  # the caller configured the client: theirs rules
+        yield
+        return
+    limits = {"connect": float(os.environ.get("PYLO_HUB_CONNECT_TIMEOUT", CONNECT_TIMEOUT)),
+              "read": float(constants.HF_HUB_DOWNLOAD_TIMEOUT)}
+    limits.update(write=limits["read"], pool=limits["connect"])
+
+    def factory():
+        client = _http.default_client_factory()
+        client._transport = _BoundedTransport(client._transport, limits)
+        return client
+
+    set_client_factory(factory)
+    try:
+        yield
+    finally:
+        set_client_factory(previous)
+
+
+class _BoundedTransport:
+    """An httpx transport that sends through ``inner`` with ``limits`` wherever a request set no timeout."""
+
+    def __init__(self, inner, limits):
+        self.inner, self.limits = inner, limits
+
+    def handle_request(self, request):
+        given = request.extensions.get("timeout") or {}
+        request.extensions["timeout"] = {k: given.get(k) if given.get(k) is not None else v
+                                         for k, v in self.limits.items()}
+        return self.inner.handle_request(request)
+
+    def close(self):
+        self.inner.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
 def hub_snapshot(key: str, cache_dir: Optional[str] = None) -> str:
     """Local folder holding the repo's ``config.json`` and safetensors weights."""
     from huggingface_hub import snapshot_download
@@ -34,8 +96,9 @@ def hub_snapshot(key: str, cache_dir: Optional[str] = None) -> str:
 
     repo, revision = split_hub_key(key)
     try:
-        return snapshot_download(repo, revision=revision, cache_dir=cache_dir,
-                                 allow_patterns=[CONFIG_NAME, "*.safetensors"])
+        with bounded_hub_client():
+            return snapshot_download(repo, revision=revision, cache_dir=cache_dir,
+                                     allow_patterns=[CONFIG_NAME, "*.safetensors"])
     except RepositoryNotFoundError:
         raise CheckpointError(f"hub repository {repo!r} does not exist (or is private)") from None
     except RevisionNotFoundError:

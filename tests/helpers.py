@@ -95,3 +95,31 @@ def assert_triton_needs_a_gpu(monkeypatch, make_step):
     step = make_step()
     with pytest.raises(RuntimeError, match="backend='fused' on CPU"):
         step()
+
+
+def adafac_theta(hidden=8, seed=0):
+    """A seeded upstream AdafacMLPLOpt theta (needs JAX)."""
+    import jax
+    import numpy as np
+
+    from pylo.reference_jax.adafac_mlp_lopt import AdafacMLPLOpt
+
+    rng = np.random.default_rng(seed)
+    theta = AdafacMLPLOpt(hidden_size=hidden).init(jax.random.PRNGKey(seed))
+    return jax.tree_util.tree_map(lambda x: np.asarray(x) + rng.normal(0, 0.1, x.shape).astype(np.float32), theta)
+
+
+def write_theta(folder: Path, theta) -> Path:
+    """``theta`` as upstream's flax msgpack ``folder/theta.state``."""
+    import flax.serialization
+
+    src = folder / "theta.state"
+    src.write_bytes(flax.serialization.to_bytes(theta))
+    return src
+
+
+def convert_cli(src, dst, optimizer="adafaclo", *extra) -> int:
+    """``pylo-convert SRC DST --optimizer OPTIMIZER [extra]``, in process; its exit status."""
+    from pylo.converters.cli import main
+
+    return main([str(src), str(dst), "--optimizer", optimizer, *extra])

@@ -92,14 +92,15 @@ class LearnedOptimizer(torch.optim.Optimizer):
     def _grad_entries(self) -> List[Tuple[dict, List[torch.Tensor], List[torch.Tensor]]]:
         """Per group: the parameters that get updated and their float32 gradients.
 
-        Parameters without a gradient, or with ``requires_grad=False``, are skipped.
+        Parameters without a gradient, with ``requires_grad=False`` or with no elements are skipped
+        (they get no state).
         """
         out = []
         for group in self.param_groups:
             params, grads = [], []
             for p in group["params"]:
-                if p.grad is None or not p.requires_grad:
-                    continue
+                if p.grad is None or not p.requires_grad or p.numel() == 0:
+                    continue  # a zero-element tensor has nothing to update and must not enter any statistic
                 if p.grad.is_sparse:
                     raise RuntimeError(f"{self.display_name} does not support sparse gradients "
                                        "(use a dense embedding, e.g. nn.Embedding(sparse=False))")
@@ -114,28 +115,30 @@ class LearnedOptimizer(torch.optim.Optimizer):
         return out
 
     def _check_finite(self, entries) -> None:
+        """Refuse NaN/Inf gradients and gradients whose square overflows float32 (``|g| > ~1.8e19``: the
+        moments and norms every optimizer computes would turn them into Inf and NaN for good)."""
         grads = [g for _, _, gs in entries for g in gs]
         if not grads:
             return
-        # a finite sum proves every element finite (NaN and Inf propagate through it): one cheap reduction
-        # per tensor, no temporaries; only a non-finite sum (or an overflowing one) looks element by element
-        sums: Dict[torch.device, List[torch.Tensor]] = {}
+        # one norm per tensor (no temporaries), squared: finite exactly when every g*g and their sum are;
+        # NaN and Inf propagate through it. One host sync per device; only a failure looks closer.
+        norms: Dict[torch.device, List[torch.Tensor]] = {}
         for g in grads:
-            sums.setdefault(g.device, []).append(g.sum())
-        if all(bool(torch.isfinite(torch.stack(s)).all()) for s in sums.values()):  # one sync per device
+            norms.setdefault(g.device, []).append(torch.linalg.vector_norm(g))
+        if all(bool(torch.isfinite(torch.stack(n).square()).all()) for n in norms.values()):
             return
-        flags = [torch.isfinite(g).all() for g in grads]
-        if bool(torch.stack([f.cpu() for f in flags]).all()):
-            return
-        bad, i = [], 0
-        for group, params, grads in entries:
+        bad, overflow, i = [], False, 0
+        for group, params, gs in entries:
             names = dict(zip(map(id, group["params"]), group.get("param_names", [])))
-            for p, _ in zip(params, grads):
-                if not bool(flags[i]):
+            for p, g in zip(params, gs):
+                if not bool(torch.isfinite(torch.linalg.vector_norm(g).square())):
                     bad.append(repr(names[id(p)]) if id(p) in names else f"#{i} {tuple(p.shape)}")
+                    overflow = overflow or bool(torch.isfinite(g).all())
                 i += 1
+        what = ("a gradient too large for float32 (its square overflows)" if overflow
+                else "non-finite gradient (NaN or Inf)")
         raise NonFiniteGradientError(
-            f"non-finite gradient (NaN or Inf) in {', '.join(bad)}: step not taken, parameters and optimizer state "
+            f"{what} in {', '.join(bad)}: step not taken, parameters and optimizer state "
             "unchanged (pass nonfinite_grads='upstream' to handle it as upstream does)")
 
     def _sanitized_entries(self, clip_norm: Optional[float], nan_to_num: bool):

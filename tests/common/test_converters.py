@@ -14,20 +14,10 @@ from pylo.converters.cli import main as pylo_convert
 from pylo.converters.sources import read_source
 from pylo.errors import CheckpointError
 
+from helpers import adafac_theta, convert_cli as _convert, write_theta as _write
+
 flax_serialization = pytest.importorskip("flax.serialization")
 jax = pytest.importorskip("jax")
-
-
-def adafac_theta(hidden=8, seed=0):
-    from pylo.reference_jax.adafac_mlp_lopt import AdafacMLPLOpt
-
-    rng = np.random.default_rng(seed)
-    theta = AdafacMLPLOpt(hidden_size=hidden).init(jax.random.PRNGKey(seed))
-    return jax.tree_util.tree_map(lambda x: np.asarray(x) + rng.normal(0, 0.1, x.shape).astype(np.float32), theta)
-
-
-def _convert(src, dst, optimizer="adafaclo", *extra):
-    return pylo_convert([str(src), str(dst), "--optimizer", optimizer, *extra])
 
 
 def _tensors(folder):
@@ -184,12 +174,6 @@ def test_converted_folder_is_a_hub_repo_and_a_lone_safetensors_file_works(tmp_pa
 
 
 # ------------------------------------------------------------- bad input
-def _write(tmp_path, theta):
-    src = tmp_path / "theta.state"
-    src.write_bytes(flax_serialization.to_bytes(theta))
-    return src
-
-
 def _drop(theta, *path):
     node = theta
     for key in path[:-1]:
@@ -240,14 +224,12 @@ def test_theta_of_another_family(tmp_path, capsys, shared_checkpoints):
     assert "theta.state: not a AdafacMLPLOpt theta" in err and not (tmp_path / "out").exists()
 
 
-def test_existing_destination_is_kept_unless_overwrite(tmp_path):
+def test_existing_destination_is_kept_without_overwrite(tmp_path):
     src = _write(tmp_path, adafac_theta())
     dst = tmp_path / "out"
-    dst.mkdir()
-    (dst / "keep.txt").write_text("mine")
-    assert _convert(src, dst) == 1 and (dst / "keep.txt").read_text() == "mine"
-    assert _convert(src, dst, "adafaclo", "--overwrite") == 0
-    assert not (dst / "keep.txt").exists() and (dst / "model.safetensors").exists()
+    assert _convert(src, dst) == 0
+    before = (dst / "model.safetensors").read_bytes()
+    assert _convert(src, dst, "mulo") == 1 and (dst / "model.safetensors").read_bytes() == before
     assert _no_leftovers(tmp_path, keep={"theta.state", "out"})
 
 

@@ -145,3 +145,45 @@ def test_velo_hub_pair_refuses_what_is_not_the_published_layout(case, match):
     parts = {"swapped": [mlp, rnn], "one": [rnn]}.get(case, [rnn, mlp])
     with pytest.raises(CheckpointError, match=match):
         merge_velo_hub_pair(parts)
+
+
+@pytest.fixture
+def silent_server():
+    """A server on 127.0.0.1 that accepts connections and never answers; yields its URL."""
+    import socket
+    import threading
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    held, stop = [], threading.Event()
+
+    def accept():
+        sock.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(sock.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    stop.set()
+    thread.join(timeout=5)
+    for conn in held:
+        conn.close()
+    sock.close()
+
+
+def test_a_hub_that_never_answers_times_out_with_the_clear_error(silent_server, monkeypatch, tmp_path):
+    import time
+
+    monkeypatch.setattr(hf_constants, "ENDPOINT", silent_server)
+    monkeypatch.setenv("HF_ENDPOINT", silent_server)
+    monkeypatch.setattr(hf_constants, "HF_HUB_DOWNLOAD_TIMEOUT", 1)
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    start = time.monotonic()
+    with pytest.raises(HubUnavailableError, match="checkpoint_path="):
+        AdafacLO([torch.nn.Parameter(torch.zeros(3))])
+    assert time.monotonic() - start < 60
