@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import List, Optional
 
@@ -82,6 +83,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                 _convert_parser().error("--optimizer is required when converting to torch")
             out = convert(args.src, args.dst, args.optimizer, overwrite=args.overwrite, mlp=args.mlp)
         print(f"wrote {out}")
+        return 0
+    except BrokenPipeError:  # the reader stopped (`pylo-convert inspect ... | head`): exit quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so that the interpreter's final flush does not complain
         return 0
     except (PyloError, OSError) as e:
         print(f"pylo-convert: error: {e}", file=sys.stderr)

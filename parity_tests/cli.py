@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import sys
 from typing import List, Optional
 
@@ -48,6 +49,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not selected:
         print("pylo-parity: no case matches the selection", file=sys.stderr)
         return 2
+    if (not quick and args.device == "cpu" and importlib.util.find_spec("triton") is not None
+            and os.environ.get("TRITON_INTERPRET") != "1"):
+        print("pylo-parity: Triton cases skipped (no GPU); TRITON_INTERPRET=1 runs them in Triton's interpreter",
+              file=sys.stderr)
     if args.list:
         for info, config, backend in selected:
             print(f"{info.name:<10} {config.name:<20} {backend:<8} {config.steps:>4} steps  {config.description}")

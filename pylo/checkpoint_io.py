@@ -170,7 +170,9 @@ def write_checkpoint(folder, config: Dict, tensors: Dict[str, torch.Tensor], ove
         save_file(contiguous, str(tmp / WEIGHTS_NAME),
                   metadata={"format": "pt", HEADER_CONFIG_KEY: json.dumps(config, sort_keys=True)})
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        mode = 0o666 & ~_umask()
         for name in (WEIGHTS_NAME, CONFIG_NAME):
+            os.chmod(tmp / name, mode)  # both files as the umask says (safetensors writes 0600)
             _fsync(tmp / name)
         _replace_dir(tmp, folder)
     except BaseException:
@@ -231,6 +233,12 @@ def write_bytes_atomic(path, data: bytes, overwrite: bool = False) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _fsync(path: Path) -> None:

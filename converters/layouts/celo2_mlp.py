@@ -25,6 +25,9 @@ _DEFAULT_OUTPUTS = NETWORKS["celo2_mlp"].defaults["output_size"]
 def _celo2_canonical(leaves: Dict[Path, np.ndarray], origin: str) -> Dict[Path, np.ndarray]:
     """Drop a leading stack axis of size 1 (Celo-style ``ff_mod_stack`` with ``param_inits=1``)."""
     lstm = sorted({p[0] for p in leaves if p[0] in HYPER_ONLY})
+    if lstm and not any(p[:1] == FF[:1] for p in leaves):
+        raise CheckpointError(f"{origin}: an LSTM optimizer without ff_mod_stack (it has {' and '.join(lstm)} only), "
+                              "like Celo-Adam (amoudgl/celo-adam); pylo does not implement that optimizer")
     if lstm:
         raise CheckpointError(f"{origin}: this is a VeLO/Celo-style checkpoint (it has {' and '.join(lstm)}); CELO2 "
                               "theta holds only ff_mod_stack: convert it with --optimizer celo or velo")

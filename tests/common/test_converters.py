@@ -295,3 +295,39 @@ def test_converted_tensors_are_the_spec_state_dict_and_load_strictly(tmp_path, o
     module = getattr(importlib.import_module(module_name), cls)(
         **{k: v for k, v in ckpt.config.items() if k in kind.defaults})
     load_strict(module, ckpt.tensors, str(tmp_path / "out"))
+
+
+# ------------------------------------------------------- issue 11, defect 8
+def test_broken_pipe_exits_quietly():
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "pylo.converters.cli", "list"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before anything is written
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0 and err == ""
+
+
+def test_checkpoint_files_follow_the_umask(tmp_path):
+    import os
+
+    from pylo.checkpoint_io import write_checkpoint
+
+    old = os.umask(0o022)
+    try:
+        folder = write_checkpoint(tmp_path / "ckpt", {"pylo": {}}, {"w": torch.zeros(2)})
+    finally:
+        os.umask(old)
+    assert {(folder / n).stat().st_mode & 0o777 for n in ("config.json", "model.safetensors")} == {0o644}
+
+
+def test_celo_adam_theta_is_named_not_sent_to_celo(tmp_path, capsys):
+    import numpy as np
+
+    theta = {"lstm_init_state": [np.zeros((1, 64), np.float32), np.zeros((1, 64), np.float32)],
+             "rnn_params": {"linear": {"w": np.zeros((3, 64), np.float32), "b": np.zeros(64, np.float32)}}}
+    src = _write(tmp_path, theta)
+    assert _convert(src, tmp_path / "out", "celo2") == 1
+    err = capsys.readouterr().err
+    assert "Celo-Adam" in err and "--optimizer celo or velo" not in err

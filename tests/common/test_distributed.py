@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 import dist_workers as w
 from pylo.parity_tests.optim_db import DATABASE, get
 
-WORLD, STEPS, TIMEOUT_S = 2, 4, 240
+WORLD, STEPS, TIMEOUT_S = 2, 4, 480
 
 
 def _spawn(worker, *args, world: int = WORLD) -> None:
