@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 import numbers
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
@@ -176,12 +177,44 @@ class LearnedOptimizer(torch.optim.Optimizer):
         return loss
 
     # ------------------------------------------------------------------- state
+    def state_dict(self) -> Dict[str, Any]:
+        """``torch.optim``'s state dict, plus what it belongs to under ``"pylo"``: the optimizer, a
+        fingerprint of the meta-network and the parameters' shapes (checked by :meth:`load_state_dict`)."""
+        out = super().state_dict()
+        out[STATE_META_KEY] = self._identity()
+        return out
+
+    def _identity(self) -> Dict[str, Any]:
+        if getattr(self, "_network_fingerprint", None) is None:
+            self._network_fingerprint = network_fingerprint(self.network)
+        return {"optimizer": self.display_name, "network": self._network_fingerprint,
+                "shapes": [[list(p.shape) for p in g["params"]] for g in self.param_groups]}
+
+    def _check_identity(self, saved: Dict[str, Any]) -> None:
+        """Refuse a state dict saved by another optimizer, meta-network or set of parameter shapes."""
+        mine = self._identity()
+        if saved.get("optimizer") != mine["optimizer"]:
+            raise ValueError(f"{self.display_name}.load_state_dict: this is a {saved.get('optimizer')} state dict; "
+                             "nothing loaded")
+        if saved.get("network") != mine["network"]:
+            raise ValueError(f"{self.display_name}.load_state_dict: the state dict was saved with another "
+                             f"meta-network (fingerprint {saved.get('network')}, this one {mine['network']}); "
+                             "nothing loaded")
+        if saved.get("shapes") != mine["shapes"]:
+            raise ValueError(f"{self.display_name}.load_state_dict: the state dict is for parameters of shapes "
+                             f"{saved.get('shapes')}, these have {mine['shapes']}; nothing loaded")
+
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         """Load a :meth:`state_dict`, keeping float32 state exactly as saved.
 
-        The given dict is not modified and shares no tensors with the optimizer. The backend
-        choice (``backend``, ``foreach``, ``chunk_size``) stays the one this optimizer was built with.
+        A state dict of another optimizer, meta-network or parameter shapes is refused before anything
+        changes (dicts without the ``"pylo"`` record, from pylo 0.1.0, load as before). The given dict
+        is not modified and shares no tensors with the optimizer. The backend choice (``backend``,
+        ``foreach``, ``chunk_size``) stays the one this optimizer was built with.
         """
+        if STATE_META_KEY in state_dict:
+            self._check_identity(state_dict[STATE_META_KEY])
+            state_dict = {k: v for k, v in state_dict.items() if k != STATE_META_KEY}
         saved_state = state_dict["state"]
         built_with = [{k: group[k] for k in BACKEND_KEYS if k in group} for group in self.param_groups]
         super().load_state_dict({**state_dict, "state": {}})
@@ -202,6 +235,19 @@ def _copy_to(value: Any, device: torch.device) -> Any:
     if isinstance(value, torch.Tensor):
         return value.detach().to(device=device, copy=True)
     return copy.deepcopy(value)
+
+
+#: the key of a state dict's record of what it belongs to
+STATE_META_KEY = "pylo"
+
+
+def network_fingerprint(network: nn.Module) -> str:
+    """A short hash of the meta-network's weights (names, shapes, dtypes and bytes)."""
+    digest = hashlib.sha256()
+    for name, t in sorted(network.state_dict().items()):
+        digest.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+        digest.update(t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def check_parameter(p: torch.Tensor, name: str) -> None:
