@@ -69,12 +69,17 @@ def read_source(path) -> Source:
         raise CheckpointError(f"{path}: empty file")
     if _looks_like_safetensors(data):
         return Source(str(path), "torch", checkpoint=read_checkpoint(path))
-    if data[:1] == b"\x80":
-        raw, fmt = safe_pickle.loads(data), "pickle"
-    else:
-        raw, fmt = flax_msgpack.loads(data), "flax-msgpack"
-    raw = _decode_legacy_namedtuples(raw)
-    theta, container, meta = _unwrap(raw, path)
+    try:
+        if data[:1] == b"\x80":
+            raw, fmt = safe_pickle.loads(data), "pickle"
+        else:
+            raw, fmt = flax_msgpack.loads(data), "flax-msgpack"
+        raw = _decode_legacy_namedtuples(raw)
+        theta, container, meta = _unwrap(raw, path)
+    except CheckpointError as e:
+        raise (e if str(e).startswith(str(path)) else CheckpointError(f"{path}: {e}")) from None
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError, OverflowError, RecursionError) as e:
+        raise CheckpointError(f"{path}: malformed checkpoint tree ({type(e).__name__}: {e})") from None
     gin = path.parent / GIN_NAME
     meta["sha256"] = hashlib.sha256(data).hexdigest()
     return Source(str(path), fmt, container, theta=theta, meta=meta,
