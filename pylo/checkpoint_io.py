@@ -207,9 +207,8 @@ def check_replaceable(folder: Path, source=None) -> None:
 
 def remove_leftovers(target: Path) -> None:
     """Delete the temporary and backup folders or files that interrupted writes to ``target`` left."""
-    prefix = f".{target.name}."
     for p in target.parent.glob(f".{glob.escape(target.name)}.*"):
-        if p.name.startswith(prefix) and LEFTOVER.match(p.name):
+        if LEFTOVER.match(p.name):
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
 

@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
 import torch
 
 BATCH, FEATURES, OUT = 8, 6, 3
+
+
+@contextlib.contextmanager
+def process_group(rank: int, world: int, store: str):
+    """A gloo process group on this machine (loopback, file store), destroyed on leaving."""
+    import torch.distributed as dist
+
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
 
 
 def data(seed: int = 0):
@@ -43,14 +57,11 @@ def loss_means(opt) -> torch.Tensor:
 def ddp_loss_worker(rank: int, world: int, store: str, out: str, name: str, steps: int) -> None:
     """Two DDP replicas of one model, trained on different halves of the batch: one optimizer with the
     default loss handling, one with ``all_reduce_loss=False``; each rank saves its parameters."""
-    import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     from pylo.parity_tests.optim_db import get
 
-    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
-    try:
+    with process_group(rank, world, store):
         x, y = data()
         share = BATCH // world
         x, y = x[rank * share:(rank + 1) * share], y[rank * share:(rank + 1) * share]
@@ -62,8 +73,6 @@ def ddp_loss_worker(rank: int, world: int, store: str, out: str, name: str, step
             saved[label] = {k: v.detach().clone() for k, v in net.module.state_dict().items()}
             saved[label]["loss_means"] = loss_means(opt)
         torch.save(saved, Path(out) / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
 
 
 # ------------------------------------------------------------------ FSDP2
@@ -82,10 +91,14 @@ class Shapes(torch.nn.Module):
             self.register_parameter(name, torch.nn.Parameter(0.5 * torch.randn(shape, generator=g)))
             self.register_buffer(f"{name}_c", torch.randn(shape, generator=g))
 
-    def forward(self, t: int) -> torch.Tensor:
+    def loss(self, tensors, t: int) -> torch.Tensor:
+        """The loss of step ``t`` at ``tensors`` (``{name: tensor}``, the parameters' values)."""
         scale = float(torch.cos(torch.tensor(0.7 * t)))
-        terms = [(p * getattr(self, f"{n}_c") * scale + 0.5 * p * p).sum() for n, p in self.named_parameters()]
-        return torch.stack(terms).sum()
+        return torch.stack([(p * getattr(self, f"{n}_c") * scale + 0.5 * p * p).sum()
+                            for n, p in tensors.items()]).sum()
+
+    def forward(self, t: int) -> torch.Tensor:
+        return self.loss(dict(self.named_parameters()), t)
 
 
 def train_shapes(module: torch.nn.Module, opt, steps: int) -> None:
@@ -105,15 +118,12 @@ def whole_params(module: torch.nn.Module):
 def fsdp2_worker(rank: int, world: int, store: str, out: str, cases, steps: int, mesh_shape=None) -> None:
     """Each ``(optimizer, backend)`` of ``cases`` on a ``fully_shard``-ed :class:`Shapes` (a 2-D
     ``mesh_shape``: HSDP, replicate x shard); each rank saves the whole parameters it ends with."""
-    import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
     from pylo.parity_tests.optim_db import get
 
-    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
-    try:
+    with process_group(rank, world, store):
         shape = tuple(mesh_shape or (world,))
         mesh = init_device_mesh("cpu", shape, mesh_dim_names=("replicate", "shard")[-len(shape):])
         saved = {}
@@ -124,22 +134,17 @@ def fsdp2_worker(rank: int, world: int, store: str, out: str, cases, steps: int,
             train_shapes(module, opt, steps)
             saved[(name, backend)] = whole_params(module)
         torch.save(saved, Path(out) / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
 
 
 def placed_worker(rank: int, world: int, store: str, out: str, cases, steps: int) -> None:
     """Tensor-parallel placements without a parallel module: every matrix ``Shard(1)`` (column-wise),
     every vector ``Shard(0)``, on a 1-D mesh, and gradients set as DTensors of the same placements."""
-    import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor import Shard, distribute_tensor
 
     from pylo.parity_tests.optim_db import get
 
-    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
-    try:
+    with process_group(rank, world, store):
         mesh = init_device_mesh("cpu", (world,))
         saved = {}
         for name, backend in cases:
@@ -149,15 +154,11 @@ def placed_worker(rank: int, world: int, store: str, out: str, cases, steps: int
                 setattr(module, n, torch.nn.Parameter(distribute_tensor(p.detach(), mesh, placement)))
             opt = get(name).build(list(module.named_parameters()), run_on=backend)
             for t in range(steps):
-                scale = float(torch.cos(torch.tensor(0.7 * t)))
-                loss = torch.zeros(())
-                with torch.no_grad():
-                    for n, p in module.named_parameters():
-                        whole, c = p.full_tensor(), getattr(module, f"{n}_c")
-                        p.grad = distribute_tensor(whole + c * scale, mesh, p.placements)
-                        loss = loss + (whole * c * scale + 0.5 * whole * whole).sum()
-                opt.step(loss=loss)
+                whole = {n: p.full_tensor().detach().requires_grad_() for n, p in module.named_parameters()}
+                loss = module.loss(whole, t)
+                grads = torch.autograd.grad(loss, list(whole.values()))
+                for (n, p), g in zip(module.named_parameters(), grads):
+                    p.grad = distribute_tensor(g, mesh, p.placements)
+                opt.step(loss=loss.detach())
             saved[(name, backend)] = whole_params(module)
         torch.save(saved, Path(out) / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()

@@ -57,6 +57,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
         self.nonfinite_grads = nonfinite_grads
         self.network = network
         self._device_networks: Dict[torch.device, nn.Module] = {}
+        self._network_fingerprint: Optional[str] = None  # computed on the first state_dict()
 
     @torch.no_grad()
     def step(self, closure=None, loss=None):
@@ -123,16 +124,17 @@ class LearnedOptimizer(torch.optim.Optimizer):
             return
         # one norm per tensor (no temporaries), squared: finite exactly when every g*g and their sum are;
         # NaN and Inf propagate through it. One host sync per device; only a failure looks closer.
-        norms: Dict[torch.device, List[torch.Tensor]] = {}
-        for g in grads:
-            norms.setdefault(g.device, []).append(torch.linalg.vector_norm(g))
-        if all(bool(torch.isfinite(torch.stack(n).square()).all()) for n in norms.values()):
+        finite_sq = [torch.isfinite(torch.linalg.vector_norm(g).square()) for g in grads]
+        by_device: Dict[torch.device, List[torch.Tensor]] = {}
+        for g, ok in zip(grads, finite_sq):
+            by_device.setdefault(g.device, []).append(ok)
+        if all(bool(torch.stack(oks).all()) for oks in by_device.values()):
             return
         bad, overflow, i = [], False, 0
         for group, params, gs in entries:
             names = dict(zip(map(id, group["params"]), group.get("param_names", [])))
             for p, g in zip(params, gs):
-                if not bool(torch.isfinite(torch.linalg.vector_norm(g).square())):
+                if not bool(finite_sq[i]):
                     bad.append(repr(names[id(p)]) if id(p) in names else f"#{i} {tuple(p.shape)}")
                     overflow = overflow or bool(torch.isfinite(g).all())
                 i += 1
@@ -185,7 +187,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
         return out
 
     def _identity(self) -> Dict[str, Any]:
-        if getattr(self, "_network_fingerprint", None) is None:
+        if self._network_fingerprint is None:
             self._network_fingerprint = network_fingerprint(self.network)
         return {"optimizer": self.display_name, "network": self._network_fingerprint,
                 "shapes": [[list(p.shape) for p in g["params"]] for g in self.param_groups]}
