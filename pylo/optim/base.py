@@ -58,6 +58,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
         self.network = network
         self._device_networks: Dict[torch.device, nn.Module] = {}
         self._network_fingerprint: Optional[str] = None  # computed on the first state_dict()
+        self._pending_loss: Optional[LossLike] = None  # accumulate_loss()'s sum, consumed by step()
 
     @torch.no_grad()
     def step(self, closure=None, loss=None):
@@ -66,9 +67,54 @@ class LearnedOptimizer(torch.optim.Optimizer):
         DTensor parameters (FSDP2, HSDP, tensor parallel) are stepped as their whole tensors
         (:func:`pylo.optim.sharded.whole_tensors`), so a sharded run computes what an unsharded one does.
         """
-        loss = self._resolve_loss(closure, loss)
-        with whole_tensors(self):
-            return self._step(loss)
+        from_closure = callable(closure)
+        given = self._resolve_loss(closure, loss)
+        pending, self._pending_loss = getattr(self, "_pending_loss", None), None
+        if pending is not None and given is not None and not from_closure:
+            self._pending_loss = pending
+            raise TypeError(f"{self.display_name}.step() was given a loss, and losses were also recorded with "
+                            "accumulate_loss() since the last step; pass one or the other")
+        try:
+            with whole_tensors(self):
+                used = self._step(given if pending is None else pending)
+        except BaseException:
+            self._pending_loss = pending  # all-or-nothing: a refused step keeps the recorded losses too
+            raise
+        return given if from_closure else used
+
+    def accumulate_loss(self, loss: LossLike) -> None:
+        """Record the loss of a micro-batch whose gradient was just added to ``.grad``.
+
+        The next :meth:`step` feeds the loss-reading optimizers (VeLO, Celo) the *sum* of the losses
+        recorded since the last step or :meth:`zero_grad`, in place of a loss argument or a closure's
+        return value. Record exactly the loss you call ``backward()`` on (already divided by the number
+        of accumulated micro-batches, not multiplied by a ``GradScaler``'s scale): then the sum is the
+        loss whose gradient is in ``.grad``, the mean loss of one big batch. The trainer integrations in
+        :mod:`pylo.integrations` call this for you. Loss-free optimizers accept and ignore it.
+
+        Example::
+
+            for x, y in micro_batches:                      # k micro-batches, one step
+                loss = criterion(model(x), y) / k
+                loss.backward()
+                opt.accumulate_loss(loss)
+            opt.step()                                      # VeLO sees the mean loss of the k batches
+            opt.zero_grad()
+        """
+        if isinstance(loss, torch.Tensor):
+            if loss.numel() != 1 or loss.is_complex():
+                raise ValueError(f"accumulate_loss() takes a real scalar loss, got a {loss.dtype} tensor of "
+                                 f"shape {tuple(loss.shape)}")
+            loss = loss.detach().reshape(()).to(torch.float32)
+        elif not isinstance(loss, numbers.Real) or isinstance(loss, bool):
+            raise TypeError(f"accumulate_loss() takes a tensor or a float, got {type(loss).__name__}")
+        pending = getattr(self, "_pending_loss", None)
+        self._pending_loss = loss if pending is None else pending + loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """``torch.optim``'s; also forgets the losses recorded with :meth:`accumulate_loss`."""
+        super().zero_grad(set_to_none)
+        self._pending_loss = None
 
     def _step(self, loss: Optional[LossLike]):
         """The family's update on ordinary tensors, given the resolved loss (``None`` without one)."""

@@ -19,7 +19,9 @@ from pylo.core import reduce
 def missing_loss(name: str) -> TypeError:
     return TypeError(f"{name}.step() needs the training loss: its LSTM reads the loss history. "
                      "Call opt.step(loss) (a tensor or a float) or opt.step(closure) with a closure that "
-                     "returns the loss")
+                     "returns the loss, or record it with opt.accumulate_loss(loss) after backward(); trainers "
+                     "that call opt.step() bare have a recipe in pylo.integrations (HF Trainer, Lightning, "
+                     "accelerate, GradScaler)")
 
 def loss_tensor(loss, device: torch.device, name: str, all_reduce: Optional[bool] = False) -> torch.Tensor:
     """The loss as a float32 0-d tensor on ``device``, averaged over ranks when ``all_reduce`` (``None``:
