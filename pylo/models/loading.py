@@ -4,10 +4,15 @@ Precedence, the same for every pylo optimizer: an explicit ``network=`` module,
 then ``checkpoint_path=`` (a local folder or file), then the hub key. Loading is
 strict: a missing, unexpected or wrongly shaped tensor is an error naming it,
 never a silent random initialisation.
+
+Nothing is printed: each load is logged at INFO on the ``pylo`` logger
+(``logging.getLogger("pylo").setLevel(logging.INFO)`` with a handler shows where
+each meta-network came from).
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
@@ -19,6 +24,7 @@ from pylo.errors import CheckpointError
 from pylo.hub import fetch_hub_checkpoint
 from pylo.spec import OPTIMIZERS
 
+log = logging.getLogger("pylo")
 
 def _identity_layout(tensors: Dict[str, torch.Tensor], config: Dict) -> Dict[str, torch.Tensor]:
     return tensors
@@ -84,6 +90,8 @@ def module_from_checkpoint(spec: NetworkSpec, ckpt: Checkpoint, fallback_config:
         raise CheckpointError(f"{ckpt.origin}: config does not describe a {spec.name}: {e}") from None
     tensors = spec.adapt(dict(ckpt.tensors), config)
     load_strict(module, tensors, ckpt.origin)
+    log.info("%s meta-network loaded from %s (%d tensors, %d weights)", spec.name, ckpt.origin, len(tensors),
+             sum(t.numel() for t in tensors.values()))
     return module
 
 

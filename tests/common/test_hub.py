@@ -187,3 +187,14 @@ def test_a_hub_that_never_answers_times_out_with_the_clear_error(silent_server, 
     with pytest.raises(HubUnavailableError, match="checkpoint_path="):
         AdafacLO([torch.nn.Parameter(torch.zeros(3))])
     assert time.monotonic() - start < 60
+
+
+def test_loading_prints_nothing_and_logs_where_the_network_came_from(hub_cache, capfd, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="pylo"):
+        AdafacLO([torch.nn.Parameter(torch.zeros(3))])
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""
+    assert any("meta-network loaded from hub:btherien/mulo" in r.getMessage()
+               for r in caplog.records), [r.getMessage() for r in caplog.records]
