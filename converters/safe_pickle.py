@@ -26,6 +26,21 @@ def _jax_array(fun, args, arr_state, aval_state=None, *rest):
     return value
 
 
+def _frombuffer(buf, dtype, shape, order="C") -> np.ndarray:
+    """numpy's protocol-5 array reconstruction, for numeric dtypes only."""
+    dtype = np.dtype(dtype)
+    if dtype.hasobject:
+        raise CheckpointError("refusing object arrays in a theta pickle")
+    return np.frombuffer(buf, dtype=dtype).reshape(shape, order=order).copy()
+
+
+def _latin1_bytes(text, encoding="latin1") -> bytes:
+    """``_codecs.encode`` as protocol-0/1 pickles use it to spell an array's bytes; nothing else."""
+    if not isinstance(text, str) or encoding.replace("-", "").lower() != "latin1":
+        raise CheckpointError("refusing _codecs.encode other than str -> latin1 bytes in a theta pickle")
+    return text.encode("latin1")
+
+
 try:  # numpy >= 2
     from numpy._core import multiarray as _multiarray
 except ImportError:  # pragma: no cover - numpy 1.x
@@ -36,9 +51,11 @@ _NUMPY_MODULES = ("numpy", "numpy.core.multiarray", "numpy._core.multiarray", "n
 _ALLOWED = {
     **{(m, "_reconstruct"): _multiarray._reconstruct for m in _NUMPY_MODULES},
     **{(m, "scalar"): _multiarray.scalar for m in _NUMPY_MODULES},
+    **{(m, "_frombuffer"): _frombuffer for m in _NUMPY_MODULES},
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): np.dtype,
     ("collections", "OrderedDict"): collections.OrderedDict,
+    ("_codecs", "encode"): _latin1_bytes,
     ("builtins", "dict"): dict,
     ("builtins", "list"): list,
     ("builtins", "tuple"): tuple,

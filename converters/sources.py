@@ -17,6 +17,7 @@ Recognised by content, not by name:
 from __future__ import annotations
 
 import hashlib
+import pickletools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -70,7 +71,7 @@ def read_source(path) -> Source:
     if _looks_like_safetensors(data):
         return Source(str(path), "torch", checkpoint=read_checkpoint(path))
     try:
-        if data[:1] == b"\x80":
+        if data[:1] == b"\x80" or _is_old_pickle(data):
             raw, fmt = safe_pickle.loads(data), "pickle"
         else:
             raw, fmt = flax_msgpack.loads(data), "flax-msgpack"
@@ -84,6 +85,17 @@ def read_source(path) -> Source:
     meta["sha256"] = hashlib.sha256(data).hexdigest()
     return Source(str(path), fmt, container, theta=theta, meta=meta,
                   gin_config=gin.read_text() if gin.is_file() else None)
+
+
+def _is_old_pickle(data: bytes) -> bool:
+    """A protocol-0/1 pickle (no ``\\x80`` header): its opcodes parse, without running, up to a final STOP."""
+    if data[-1:] != b"." or data[:1] not in (b"(", b"}", b"]", b"c", b"N", b"I", b"F", b"S", b"V", b"X", b"U"):
+        return False
+    try:
+        ops = list(pickletools.genops(data))
+    except Exception:  # noqa: BLE001 - anything that does not parse is not a pickle
+        return False
+    return bool(ops) and ops[-1][0].name == "STOP" and ops[-1][2] == len(data) - 1
 
 
 def _looks_like_safetensors(data: bytes) -> bool:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import glob
+import hashlib
 import json
 import os
 import re
@@ -114,6 +115,7 @@ def _read_any(path) -> Checkpoint:
         tensors, header = _read_safetensors(weights)
         config_path = path / CONFIG_NAME
         config = _read_config(config_path) if config_path.exists() else _header_config(header, weights)
+        _verify_checksum(config, weights)
         return Checkpoint(config, tensors, str(path))
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
@@ -134,6 +136,28 @@ def _read_any(path) -> Checkpoint:
     raise CheckpointError(
         f"{path}: unsupported checkpoint file (expected a folder, .safetensors or .pt); "
         "upstream JAX checkpoints must first be converted with `pylo-convert`")
+
+
+#: ``config.json``'s record (under :data:`META_KEY`) of ``model.safetensors``'s SHA-256
+CHECKSUM_KEY = "weights_sha256"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _verify_checksum(config: Dict, weights: Path) -> None:
+    """A folder pylo wrote records its weights' SHA-256; a file that no longer matches is refused (a
+    damaged file that still parses would otherwise load as other weights). Folders without it load."""
+    meta = config.get(META_KEY)
+    want = meta.get(CHECKSUM_KEY) if isinstance(meta, dict) else None
+    if want is not None and _sha256(weights) != want:
+        raise CheckpointError(f"{weights}: does not match the SHA-256 recorded in {CONFIG_NAME} "
+                              "(the file is damaged or was replaced); convert or download it again")
 
 
 def _header_config(header: Dict, path: Path) -> Dict:
@@ -169,7 +193,8 @@ def write_checkpoint(folder, config: Dict, tensors: Dict[str, torch.Tensor], ove
         contiguous = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
         save_file(contiguous, str(tmp / WEIGHTS_NAME),
                   metadata={"format": "pt", HEADER_CONFIG_KEY: json.dumps(config, sort_keys=True)})
-        (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        recorded = {**config, META_KEY: {**config.get(META_KEY, {}), CHECKSUM_KEY: _sha256(tmp / WEIGHTS_NAME)}}
+        (tmp / CONFIG_NAME).write_text(json.dumps(recorded, indent=2, sort_keys=True) + "\n")
         mode = 0o666 & ~_umask()
         for name in (WEIGHTS_NAME, CONFIG_NAME):
             os.chmod(tmp / name, mode)  # both files as the umask says (safetensors writes 0600)

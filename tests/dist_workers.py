@@ -49,9 +49,9 @@ def train(module: torch.nn.Module, opt, x, y, steps: int) -> None:
 
 def loss_means(opt) -> torch.Tensor:
     """The loss averages VeLO/Celo keep (what their LSTM reads of the loss)."""
-    from pylo.optim.hyperv2.constants import GLOBAL_STATE_KEY
+    from pylo.optim.hyperv2.state import global_entry
 
-    return opt.state[GLOBAL_STATE_KEY]["loss_buffer"]["means"].clone()
+    return global_entry(opt.state)["loss_buffer"]["means"].clone()
 
 
 def ddp_loss_worker(rank: int, world: int, store: str, out: str, name: str, steps: int) -> None:

@@ -16,7 +16,7 @@ within a few ulp with the JAX reference.
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Sequence, Tuple
 
 import torch
 

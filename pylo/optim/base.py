@@ -60,6 +60,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
         self._network_fingerprint: Optional[str] = None  # computed on the first state_dict()
         self._pending_loss: Optional[LossLike] = None  # accumulate_loss()'s sum, consumed by step()
 
+    @torch.compiler.disable  # torch.compile(opt.step) runs this eagerly: docs/compile.md says why
     @torch.no_grad()
     def step(self, closure=None, loss=None):
         """One update; ``closure`` (re-evaluates the model, run with gradients on) or ``loss``; returns the loss.
@@ -76,6 +77,9 @@ class LearnedOptimizer(torch.optim.Optimizer):
                             "accumulate_loss() since the last step; pass one or the other")
         try:
             with whole_tensors(self):
+                if self._is_state_initialisation(given, pending):
+                    self._init_state(self._grad_entries())
+                    return None
                 used = self._step(given if pending is None else pending)
         except BaseException:
             self._pending_loss = pending  # all-or-nothing: a refused step keeps the recorded losses too
@@ -119,6 +123,22 @@ class LearnedOptimizer(torch.optim.Optimizer):
     def _step(self, loss: Optional[LossLike]):
         """The family's update on ordinary tensors, given the resolved loss (``None`` without one)."""
         raise NotImplementedError
+
+    def _init_state(self, entries) -> None:
+        """Create the fresh state of the parameters in ``entries`` (as :meth:`_grad_entries` gives them)."""
+        raise NotImplementedError
+
+    def _is_state_initialisation(self, given, pending) -> bool:
+        """``torch.distributed.checkpoint``'s way to make a lazily built state exist: ``step()`` without a loss
+        on an optimizer with no state yet, every ``lr`` 0 and every gradient zero. pylo then only creates the
+        state a first step would start from and changes nothing else (no update, no counter, no loss
+        needed), so saving or loading a fresh optimizer leaves it fresh."""
+        if self.state or given is not None or pending is not None:
+            return False
+        if any(bool(group.get("lr", 1) != 0) for group in self.param_groups):
+            return False
+        grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
+        return bool(grads) and not any(bool(torch.count_nonzero(g)) for g in grads)
 
     def add_param_group(self, param_group: Dict[str, Any]) -> None:
         """``torch.optim``'s, refusing parameters this optimizer would update wrongly."""

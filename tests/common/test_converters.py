@@ -106,6 +106,25 @@ def test_theta_pickles_are_read_safely(tmp_path, make):
     _assert_same_checkpoint(tmp_path / "a", tmp_path / "b")
 
 
+@pytest.mark.parametrize("protocol", [0, 1, 2, 5])
+def test_theta_pickles_of_every_protocol_convert_alike(tmp_path, protocol):
+    theta = adafac_theta()
+    (tmp_path / "theta.pickle").write_bytes(pickle.dumps(theta, protocol=protocol))
+    (tmp_path / "theta.state").write_bytes(flax_serialization.to_bytes(theta))
+    assert _convert(tmp_path / "theta.pickle", tmp_path / "a") == 0
+    assert _convert(tmp_path / "theta.state", tmp_path / "b") == 0
+    _assert_same_checkpoint(tmp_path / "a", tmp_path / "b")
+
+
+@pytest.mark.parametrize("protocol", [0, 1])
+def test_malicious_old_protocol_pickles_are_refused_too(tmp_path, protocol, capsys):
+    (tmp_path / "theta.pickle").write_bytes(pickle.dumps({"nn": _Evil()}, protocol=protocol))
+    assert _convert(tmp_path / "theta.pickle", tmp_path / "out") == 1
+    assert "refusing to unpickle" in capsys.readouterr().err
+    with pytest.raises(CheckpointError, match="_codecs.encode"):
+        safe_pickle.loads(b"c_codecs\nencode\n(Vx\nVutf-16\ntR.")  # only str -> latin1 bytes is allowed
+
+
 class _Evil:
     def __reduce__(self):
         import os

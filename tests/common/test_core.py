@@ -96,7 +96,7 @@ def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
     monkeypatch.undo()
     write_checkpoint(tmp_path / "out", {"x": 1}, tensors)
     ckpt = read_checkpoint(tmp_path / "out")
-    assert ckpt.config == {"x": 1} and torch.equal(ckpt.tensors["a"], tensors["a"])
+    assert ckpt.config["x"] == 1 and set(ckpt.config) == {"x", "pylo"} and torch.equal(ckpt.tensors["a"], tensors["a"])
     write_bytes_atomic(tmp_path / "f.bin", b"abc")
     with pytest.raises(CheckpointError, match="already exists"):
         write_bytes_atomic(tmp_path / "f.bin", b"xyz")

@@ -142,3 +142,18 @@ def test_conversion_refuses_non_finite_weights(tmp_path, capsys):
     first.reshape(-1)[0] = np.nan  # a weight of the meta-network
     assert _convert(_write(tmp_path, theta), tmp_path / "out") == 1
     assert "non-finite weights" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_a_damaged_weights_file_that_still_parses_is_refused(tmp_path):
+    """config.json records model.safetensors's SHA-256 (issue 11): a flipped byte in the tensor data
+    (the header still parses) is an error, not other weights."""
+    folder = write_checkpoint(tmp_path / "ckpt", CONFIG, {"w": torch.arange(64, dtype=torch.float32)})
+    assert len(read_checkpoint(folder).config["pylo"]["weights_sha256"]) == 64
+    weights = folder / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-9] ^= 0x40  # inside the last float
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="does not match the SHA-256"):
+        read_checkpoint(folder)
+    (folder / "config.json").write_text('{"hidden_size": 2}')  # a folder without the record still loads
+    assert read_checkpoint(folder).tensors["w"].shape == (64,)

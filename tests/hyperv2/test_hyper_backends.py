@@ -176,7 +176,7 @@ def test_low_precision_params_match_naive_within_one_rounding(backend, dtype):
     ref, got, _, opt_got = compare("velo", RANKS, backend, dtype=dtype, chunk_size=7)
     assert_close(ref, got)
     for _, q in got:
-        assert q.dtype == dtype and all(v.dtype == torch.float32 for v in opt_got.state[q].values())
+        assert q.dtype == dtype and all(v.dtype == torch.float32 for k, v in opt_got.state[q].items() if k != "hyper_v2")
 
 
 @pytest.mark.parametrize("backend", FAST)

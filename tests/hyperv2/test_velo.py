@@ -11,7 +11,7 @@ import torch
 from pylo.errors import CheckpointError
 from pylo.models.hyper_network import HyperNetwork
 from pylo.optim import Celo, Celo_naive, VeLO, VeLO_naive
-from pylo.optim.hyperv2.constants import GLOBAL_STATE_KEY
+from pylo.optim.hyperv2.state import global_entry
 
 SHAPES = {"w": (6, 5), "b": (6,), "s": (), "k": (4, 3, 2, 2)}
 
@@ -127,7 +127,7 @@ def test_missing_or_bad_loss_is_a_clear_error_and_changes_nothing():
         opt.step(1.0)
     for n, p in named:
         assert torch.equal(p.detach(), before[n]), n
-    assert opt.state_dict()["state"][GLOBAL_STATE_KEY]["iteration"] == state["state"][GLOBAL_STATE_KEY]["iteration"]
+    assert global_entry(opt.state_dict()["state"])["iteration"] == global_entry(state["state"])["iteration"]
 
 
 def test_infinite_gradients_are_clipped_as_upstream():
@@ -170,7 +170,8 @@ def test_state_dict_resume_is_bit_exact_and_carries_lstm_state_and_loss_buffer()
     torch.save({"params": snapshot(named), "opt": opt.state_dict()}, buffer)
     saved_state = opt.state_dict()["state"]
     assert {"lstm_hidden", "lstm_cell", "mom", "rms"} <= set(saved_state[0])
-    glob = saved_state[GLOBAL_STATE_KEY]
+    assert all(isinstance(k, int) for k in saved_state)  # keyed by parameters only (DCP needs that)
+    glob = global_entry(saved_state)
     assert glob["iteration"] == 4 and glob["loss_buffer"]["iteration"] == 4 and glob["num_steps"] == 100
     run(opt, named, 4, start=4)
     expected = snapshot(named)
@@ -186,16 +187,16 @@ def test_state_dict_resume_is_bit_exact_and_carries_lstm_state_and_loss_buffer()
     for n, p in resumed:
         assert torch.equal(p.detach(), expected[n]), n
     assert torch.equal(sd["state"][0]["lstm_hidden"], before["state"][0]["lstm_hidden"])  # caller's dict untouched
-    assert sd["state"][GLOBAL_STATE_KEY]["iteration"] == before["state"][GLOBAL_STATE_KEY]["iteration"]
-    assert torch.equal(sd["state"][GLOBAL_STATE_KEY]["loss_buffer"]["means"],
-                       before["state"][GLOBAL_STATE_KEY]["loss_buffer"]["means"])
+    assert global_entry(sd["state"])["iteration"] == global_entry(before["state"])["iteration"]
+    assert torch.equal(global_entry(sd["state"])["loss_buffer"]["means"],
+                       global_entry(before["state"])["loss_buffer"]["means"])
 
 
 def test_state_dict_snapshot_is_not_changed_by_later_steps():
     named = params()
     opt = velo(named)
     run(opt, named, 2)
-    glob = opt.state_dict()["state"][GLOBAL_STATE_KEY]
+    glob = global_entry(opt.state_dict()["state"])
     iteration, means = glob["iteration"], glob["loss_buffer"]["means"].clone()
     run(opt, named, 2, start=2)
     assert glob["iteration"] == iteration and torch.equal(glob["loss_buffer"]["means"], means)
@@ -253,8 +254,8 @@ def test_bfloat16_params_keep_float32_state():
     assert any(not torch.equal(before[n], p.detach()) for n, p in named)
     for _, p in named:
         assert p.dtype == torch.bfloat16
-        for v in opt.state[p].values():
-            assert v.dtype == torch.float32
+        for key, v in opt.state[p].items():
+            assert key == "hyper_v2" or v.dtype == torch.float32, key  # the optimizer-wide entry rides along
 
 
 def test_foreach_matches_single_tensor():
@@ -329,7 +330,7 @@ def test_runs_longer_than_max_training_steps_average_micro_steps():
         opt2.step((losses[0] + losses[1] + losses[2]) / 3)
         for (n, p), (_, q) in zip(named, twin):
             assert torch.equal(p.detach(), q.detach()), n
-    assert opt.state[GLOBAL_STATE_KEY]["num_steps"] == 100
+    assert global_entry(opt.state)["num_steps"] == 100
 
 
 def test_the_default_150k_threshold():
@@ -400,7 +401,7 @@ def test_bugged_loss_features_use_a_ten_step_horizon():
     named = params()
     opt = velo(named, use_bugged_loss_features=True, num_steps=5000)
     run(opt, named, 1)
-    decays = opt.state[GLOBAL_STATE_KEY]["loss_buffer"]["decays"]
+    decays = global_entry(opt.state)["loss_buffer"]["decays"]
     assert torch.allclose(decays, torch.full((10,), math.exp(-0.1)))
 
 

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-import torch
-
 from pylo.optim.adafac.adafaclo import AdafacLO, AdafacLO_naive
 from pylo.optim.sharded import dtensor_type
 

@@ -53,6 +53,10 @@ class AdafacOptimizer(LearnedOptimizer):
         """Create the state of the group's parameters that have none yet."""
         init_missing(params, [self.state[p] for p in params], decay_counts(group), group["kernel_layout"])
 
+    def _init_state(self, entries) -> None:
+        for group, params, _ in entries:
+            self._init_group(group, params)
+
     def _step(self, loss):
         """The AdafacLO-family update on ordinary tensors; returns the loss (``None`` without one)."""
         for group, params, grads in self._sanitized_entries(self._clip_norm(), True):

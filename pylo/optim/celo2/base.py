@@ -130,15 +130,24 @@ class Celo2Base(LearnedOptimizer):
         raise NotImplementedError
 
     # --------------------------------------------------------------------- step
+    def _device_parts(self, group, params, grads):
+        """Per device: its parameters, gradients, AdamW routing mask and (created where missing) states."""
+        names = dict(zip(map(id, group["params"]), group.get("param_names", ())))
+        for device, idx in self._by_device(params).items():
+            ps, gs = [params[i] for i in idx], [grads[i] for i in idx]
+            mask = [self.routes_to_adamw(group, p, names.get(id(p))) for p in ps]
+            yield device, ps, gs, mask, self._init_group(group, ps, mask, device)
+
+    def _init_state(self, entries) -> None:
+        for group, params, grads in entries:
+            for _ in self._device_parts(group, params, grads):
+                pass
+
     def _step(self, loss):
         """The CELO2-family update on ordinary tensors; returns the loss (``None`` without one)."""
         for group, params, grads in self._sanitized_entries(self.clip_norm if self.clip_grad else None,
                                                             self.upstream_nan_to_num):
-            names = dict(zip(map(id, group["params"]), group.get("param_names", ())))
-            for device, idx in self._by_device(params).items():
-                ps, gs = [params[i] for i in idx], [grads[i] for i in idx]
-                mask = [self.routes_to_adamw(group, p, names.get(id(p))) for p in ps]
-                states = self._init_group(group, ps, mask, device)
+            for device, ps, gs, mask, states in self._device_parts(group, params, grads):
                 celo2(ps, gs, states, mask, network=self.network_on(device),
                       decays=self._decays.of_group(group, device), settings=self._settings(group),
                       backend=self.backend_for(group, device), workspaces=self._workspaces)

@@ -5,20 +5,22 @@ Per parameter, ``optimizer.state[p]``, float32 in the work layout (:mod:`pylo.co
 :class:`pylo.core.accumulators.AccumulatorSet`, decay axis last), the tensor's LSTM state
 ``lstm_hidden`` and ``lstm_cell``, and ``grad_accum`` while gradients are being averaged.
 
-Optimizer-wide, ``optimizer.state["hyper_v2"]`` (:data:`~.constants.GLOBAL_STATE_KEY`):
+Optimizer-wide, ``optimizer.state[p]["hyper_v2"]`` (:data:`~.constants.GLOBAL_STATE_KEY`) of the first
+parameter ``p`` ever updated:
 ``iteration``, ``num_steps`` (the horizon of one update per averaged group of calls),
 ``micro_step``, ``loss_accum`` and ``loss_buffer`` (:mod:`.loss_buffer`).
 """
 
 from __future__ import annotations
 
-from typing import Dict, List, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence
 
 import torch
 
 from pylo.core import accumulators as acc
 from pylo.core.decays import learned_decays
 from pylo.optim.hyperv2 import loss_buffer
+from pylo.optim.hyperv2.constants import GLOBAL_STATE_KEY
 
 
 def effective_decays(initial: Sequence[float], offsets: Sequence[float]) -> List[float]:
@@ -46,3 +48,12 @@ def init_global_state(inner_steps: int, loss_horizon: int) -> Dict:
     """The optimizer-wide entry before the first update."""
     return {"iteration": 0, "num_steps": inner_steps, "micro_step": 0, "loss_accum": None,
             "loss_buffer": loss_buffer.init(loss_horizon)}
+
+
+def global_entry(state: Mapping) -> Optional[Dict]:
+    """The optimizer-wide entry in ``opt.state`` or in a state dict's ``"state"`` (``None`` before the first
+    update)."""
+    for value in state.values():
+        if isinstance(value, Mapping) and GLOBAL_STATE_KEY in value:
+            return value[GLOBAL_STATE_KEY]
+    return None
