@@ -258,7 +258,32 @@ def _parser():
     p.add_argument("--no-jax", action="store_true", help="skip the JAX reference")
     p.add_argument("--threads", type=int, help="CPU threads for torch (1 also makes XLA single-threaded; default: the libraries' own)")
     p.add_argument("--out", default="bench_report", help="folder for bench.json/.md/.png")
+    p.add_argument("--distributed", action="store_true",
+                   help="instead: the bytes each optimizer's step moves per rank under FSDP2 (CPU ranks on this "
+                        "machine, gloo), beside FSDP2's own all-gather and gradient reduce-scatter "
+                        "(default workload: mlp); writes distributed.json")
+    p.add_argument("--world", type=int, default=2, help="ranks for --distributed (default: %(default)s)")
     return p
+
+
+def _main_distributed(args, shapes) -> int:
+    from pylo.bench import distributed
+
+    if args.world < 2:
+        print("pylo-bench: --world must be >= 2", file=sys.stderr)
+        return 2
+    names = [i.name for i in optim_db.DATABASE if i.make_network is not None and i.name != "mulo"
+             and (not args.optimizer or i.name in args.optimizer)]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for workload, named in shapes.items():
+        print(f"  {workload}: {len(names)} optimizers on {args.world} ranks", file=sys.stderr)
+        results.append(distributed.run(workload, named, names, (args.backend or ["fused"])[0], args.world))
+        print(distributed.table(results[-1]) + "\n")
+    (out / "distributed.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {out / 'distributed.json'}")
+    return 0
 
 
 def set_threads(n: int) -> None:
@@ -286,8 +311,11 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"pylo-bench: {e}", file=sys.stderr)
         return 2
-    for name in args.workload or ([] if shapes else workloads.DEFAULT_WORKLOADS):
+    default = ("mlp",) if args.distributed else workloads.DEFAULT_WORKLOADS
+    for name in args.workload or ([] if shapes else default):
         shapes[name] = workloads.WORKLOADS[name]()
+    if args.distributed:
+        return _main_distributed(args, shapes)
     if args.threads is not None:
         try:
             set_threads(args.threads)

@@ -106,3 +106,22 @@ def test_reused_scratch_buffers_count_as_step_memory():
     hidden = opt.network.network[0].out_features
     assert measure.workspace_bytes(opt) == 4 * 256 * (28 + 2 * hidden + 2)
     assert measure.state_bytes(opt) > 0
+
+
+def test_distributed_mode_measures_the_bytes_of_each_step(tmp_path, capsys):
+    """``--distributed`` (2 gloo ranks, FSDP2): today's gather-whole step all-gathers each parameter and
+    gradient, twice FSDP2's gradient reduce-scatter; VeLO adds its 4-byte loss all-reduce."""
+    import json
+
+    status = main(["--distributed", "--shapes", "8x6,5,3x4x5", "--optimizer", "adafaclo", "--optimizer", "velo",
+                   "--out", str(tmp_path)])
+    assert status == 0
+    [result] = json.loads((tmp_path / "distributed.json").read_text())
+    assert result["statistics_floor_bytes"] == 4 * (8 + 6) + 4 * (4 + 5)
+    rows = {r["optimizer"]: r for r in result["rows"]}
+    assert set(rows) == {"adafaclo", "velo"}
+    for r in rows.values():
+        rs = r["fsdp"]["reduce_scatter"]
+        assert rs >= 4 * (48 + 5 + 60) and r["step"]["all_gather"] == 2 * rs
+    assert rows["velo"]["step"]["all_reduce"] == 4 and "all_reduce" not in rows["adafaclo"]["step"]
+    assert "step / RS" in capsys.readouterr().out

@@ -1,0 +1,154 @@
+"""``pylo-bench --distributed``: the bytes each optimizer's step moves per rank under FSDP2.
+
+Two (``--world``) CPU ranks on this machine (gloo over loopback) shard a workload with
+``fully_shard``; a dispatch mode adds up the payload of every collective while FSDP2 runs forward
+and backward (its parameter all-gathers and gradient reduce-scatter) and, separately, while the
+optimizer steps. The payload of a collective is the data one rank holds in it: an all-gather's
+output, a reduce-scatter's input, an all-reduce's tensor. For reference the table gives the
+statistics floor ``sum over matrices of (rows + columns) x 4 bytes``, what an optimizer that
+reduces only per-row and per-column statistics would move (the issue-10 goal for the AdafacLO
+family, VeLO and Celo); pylo today gathers each whole parameter and gradient
+(:mod:`pylo.optim.sharded`), O(numel).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Dict, List
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+#: what part of a collective's arguments is its payload, by op name (``namespace::name``)
+_OUTPUT_FIRST = {"c10d::_allgather_base_", "c10d::allgather_", "c10d::allgather_into_tensor_coalesced_"}
+_INPUT_SECOND = {"c10d::_reduce_scatter_base_", "c10d::reduce_scatter_", "c10d::reduce_scatter_tensor_coalesced_"}
+
+
+def _nbytes(value) -> int:
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, (list, tuple)):
+        return sum(_nbytes(v) for v in value)
+    return 0
+
+
+def _kind(name: str) -> str:
+    if "gather" in name:
+        return "all_gather"
+    if "reduce_scatter" in name:
+        return "reduce_scatter"
+    if "all_reduce" in name or "allreduce" in name:
+        return "all_reduce"
+    return name.split("::")[-1]
+
+
+class CollectiveBytes(TorchDispatchMode):
+    """Inside: the payload bytes of every collective op dispatched, per kind (``self.bytes``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.bytes: Counter = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func._schema.name
+        collective = any(k in name for k in ("gather", "reduce", "broadcast", "all_to_all", "scatter"))
+        if name.startswith(("c10d::", "_c10d_functional::")) and collective:
+            if name in _OUTPUT_FIRST:
+                payload = _nbytes(args[0])
+            elif name in _INPUT_SECOND:
+                payload = _nbytes(args[1])
+            elif name == "_c10d_functional::all_gather_into_tensor":
+                payload = _nbytes(args[0]) * int(args[1])
+            else:
+                payload = _nbytes(args[0])
+            self.bytes[_kind(name)] += payload
+        return func(*args, **(kwargs or {}))
+
+
+class _Workload(torch.nn.Module):
+    """The workload's parameters; ``forward()`` is a loss that reads every one of them."""
+
+    def __init__(self, shapes, seed: int = 0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.names = []
+        for name, shape in shapes:
+            key = name.replace(".", "_")
+            self.names.append(key)
+            self.register_parameter(key, torch.nn.Parameter(0.02 * torch.randn(shape, generator=g)))
+            self.register_buffer(f"{key}_c", torch.randn(shape, generator=g))
+
+    def forward(self) -> torch.Tensor:
+        return torch.stack([(getattr(self, n) * getattr(self, f"{n}_c")).sum() for n in self.names]).sum()
+
+
+def statistics_floor(shapes) -> int:
+    """``sum over tensors of 2-D or more of (rows + columns) x 4`` bytes (the two largest axes)."""
+    total = 0
+    for _, shape in shapes:
+        if len(shape) >= 2:
+            a, b = sorted(shape)[-2:]
+            total += 4 * (a + b)
+    return total
+
+
+def _worker(rank: int, world: int, store: str, out: str, shapes, names: List[str], backend: str) -> None:
+    import torch.distributed as dist
+    from torch.distributed.fsdp import fully_shard
+
+    from pylo.parity_tests import optim_db
+
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    try:
+        rows = []
+        for name in names:
+            info = optim_db.get(name)
+            module = _Workload(shapes)
+            fully_shard(module)
+            opt = info.naive(module.parameters(), network=info.make_network(), **info.bench_kwargs,
+                             **info.backend_kwargs(backend))
+            with CollectiveBytes() as fsdp:
+                loss = module()
+                loss.backward()
+            with CollectiveBytes() as step:
+                opt.step(loss.detach()) if info.needs_loss else opt.step()
+            rows.append({"optimizer": name, "backend": backend, "step": dict(step.bytes), "fsdp": dict(fsdp.bytes)})
+        if rank == 0:
+            Path(out).write_text(json.dumps(rows))
+    finally:
+        dist.destroy_process_group()
+
+
+def run(workload: str, shapes, names: List[str], backend: str = "fused", world: int = 2) -> Dict:
+    """Spawn ``world`` ranks, measure every optimizer in ``names``; the rows and the reference floors."""
+    import torch.multiprocessing as mp
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = str(Path(tmp) / "rows.json")
+        mp.start_processes(_worker, args=(world, str(Path(tmp) / "store"), out, shapes, names, backend),
+                           nprocs=world, start_method="spawn")
+        rows = json.loads(Path(out).read_text())
+    numel = sum(torch.Size(s).numel() for _, s in shapes)
+    return {"workload": workload, "world": world, "params": numel, "statistics_floor_bytes": statistics_floor(shapes),
+            "rows": rows}
+
+
+def table(result: Dict) -> str:
+    """The measurement as a text table (kB per rank per step)."""
+    mb = 1e3
+    lines = [f"{result['workload']}: {result['params'] / 1e6:.2f} M parameters, {result['world']} ranks (FSDP2); "
+             f"statistics floor {result['statistics_floor_bytes'] / 1e3:.1f} kB",
+             f"{'optimizer':<10} {'backend':<8} {'step kB':>10} {'FSDP2 grad RS kB':>17} {'FSDP2 AG kB':>12} "
+             f"{'step / RS':>10}"]
+    for r in result["rows"]:
+        step = sum(r["step"].values())
+        rs = r["fsdp"].get("reduce_scatter", 0)
+        ratio = f"{step / rs:.2f}" if rs else "—"
+        lines.append(f"{r['optimizer']:<10} {r['backend']:<8} {step / mb:>10.1f} {rs / mb:>17.1f} "
+                     f"{r['fsdp'].get('all_gather', 0) / mb:>12.1f} {ratio:>10}")
+    return "\n".join(lines)
