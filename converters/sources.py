@@ -91,11 +91,13 @@ def _is_old_pickle(data: bytes) -> bool:
     """A protocol-0/1 pickle (no ``\\x80`` header): its opcodes parse, without running, up to a final STOP."""
     if data[-1:] != b"." or data[:1] not in (b"(", b"}", b"]", b"c", b"N", b"I", b"F", b"S", b"V", b"X", b"U"):
         return False
+    last = None
     try:
-        ops = list(pickletools.genops(data))
+        for last in pickletools.genops(data):  # one opcode at a time: no list as long as the file
+            pass
     except Exception:  # noqa: BLE001 - anything that does not parse is not a pickle
         return False
-    return bool(ops) and ops[-1][0].name == "STOP" and ops[-1][2] == len(data) - 1
+    return last is not None and last[0].name == "STOP" and last[2] == len(data) - 1
 
 
 def _looks_like_safetensors(data: bytes) -> bool:

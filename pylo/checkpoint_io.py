@@ -193,7 +193,9 @@ def write_checkpoint(folder, config: Dict, tensors: Dict[str, torch.Tensor], ove
         contiguous = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
         save_file(contiguous, str(tmp / WEIGHTS_NAME),
                   metadata={"format": "pt", HEADER_CONFIG_KEY: json.dumps(config, sort_keys=True)})
-        recorded = {**config, META_KEY: {**config.get(META_KEY, {}), CHECKSUM_KEY: _sha256(tmp / WEIGHTS_NAME)}}
+        meta = config.get(META_KEY)
+        meta = dict(meta) if isinstance(meta, dict) else {}
+        recorded = {**config, META_KEY: {**meta, CHECKSUM_KEY: _sha256(tmp / WEIGHTS_NAME)}}
         (tmp / CONFIG_NAME).write_text(json.dumps(recorded, indent=2, sort_keys=True) + "\n")
         mode = 0o666 & ~_umask()
         for name in (WEIGHTS_NAME, CONFIG_NAME):

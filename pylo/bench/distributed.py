@@ -47,7 +47,11 @@ def _kind(name: str) -> str:
 
 
 class CollectiveBytes(TorchDispatchMode):
-    """Inside: the payload bytes of every collective op dispatched, per kind (``self.bytes``)."""
+    """Inside: the payload bytes of every collective op dispatched, per kind (``self.bytes``).
+
+    It sees the collectives that reach the dispatcher as ops: FSDP2's, ``full_tensor()``'s, explicit
+    ``torch.distributed`` calls. Redistributions DTensor makes inside its own op dispatch (an ``mm`` of
+    sharded operands) do not pass through a plain dispatch mode; pylo's step makes none today."""
 
     def __init__(self):
         super().__init__()
@@ -61,7 +65,8 @@ class CollectiveBytes(TorchDispatchMode):
                 payload = _nbytes(args[0])
             elif name in _INPUT_SECOND:
                 payload = _nbytes(args[1])
-            elif name == "_c10d_functional::all_gather_into_tensor":
+            elif name in ("_c10d_functional::all_gather_into_tensor",
+                          "_c10d_functional::all_gather_into_tensor_coalesced"):
                 payload = _nbytes(args[0]) * int(args[1])
             else:
                 payload = _nbytes(args[0])

@@ -8,7 +8,7 @@ of one big batch (each micro-batch's loss is divided by the number of micro-batc
 
 * plain loops: ``opt.step(loss)``, or ``opt.accumulate_loss(loss)`` after each ``backward()``;
 * ``torch.amp.GradScaler``: ``scaler.step(opt, loss)`` or ``opt.accumulate_loss(loss)`` (the unscaled
-  loss) before ``scaler.step(opt)``;
+  loss) before ``scaler.step(opt)``, then ``opt.zero_grad()`` (which also forgets a skipped step's loss);
 * Hugging Face ``transformers.Trainer``: :class:`pylo.integrations.hf.PyloTrainer` (or
   :class:`~pylo.integrations.hf.PyloTrainerMixin` on your own Trainer subclass);
 * Lightning: the :class:`pylo.integrations.lightning.PyloLossCallback` callback;

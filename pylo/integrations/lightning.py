@@ -2,7 +2,8 @@
 
 Lightning passes VeLO and Celo a closure, whose value is only the last micro-batch's loss divided by
 ``accumulate_grad_batches``. The callback records every loss Lightning calls ``backward()`` on (each
-divided by ``accumulate_grad_batches``), so the optimizer sees the mean loss of the accumulated batches.
+divided by ``accumulate_grad_batches``, and unscaled under ``precision="16-mixed"``), so the optimizer
+sees the mean loss of the accumulated batches.
 Example::
 
     import lightning as L
@@ -31,6 +32,10 @@ class PyloLossCallback(Callback):
     """Records each loss before ``backward()`` on the trainer's pylo optimizers."""
 
     def on_before_backward(self, trainer, pl_module, loss):
-        if pl_module.automatic_optimization:
-            for optimizer in trainer.optimizers:
-                feed_loss(optimizer, loss)
+        if not pl_module.automatic_optimization:
+            return
+        scaler = getattr(trainer.precision_plugin, "scaler", None)
+        if scaler is not None and scaler.is_enabled():  # 16-mixed: the loss arrives multiplied by the scale
+            loss = loss.detach() / scaler.get_scale()
+        for optimizer in trainer.optimizers:
+            feed_loss(optimizer, loss)

@@ -90,8 +90,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
         """Record the loss of a micro-batch whose gradient was just added to ``.grad``.
 
         The next :meth:`step` feeds the loss-reading optimizers (VeLO, Celo) the *sum* of the losses
-        recorded since the last step or :meth:`zero_grad`, in place of a loss argument or a closure's
-        return value. Record exactly the loss you call ``backward()`` on (already divided by the number
+        recorded since the last step or :meth:`zero_grad`; with recorded losses, a closure's return value
+        is not used (the closure still runs) and a loss argument is an error. Record exactly the loss you call ``backward()`` on (already divided by the number
         of accumulated micro-batches, not multiplied by a ``GradScaler``'s scale): then the sum is the
         loss whose gradient is in ``.grad``, the mean loss of one big batch. The trainer integrations in
         :mod:`pylo.integrations` call this for you. Loss-free optimizers accept and ignore it.
@@ -118,6 +118,11 @@ class LearnedOptimizer(torch.optim.Optimizer):
     def zero_grad(self, set_to_none: bool = True) -> None:
         """``torch.optim``'s; also forgets the losses recorded with :meth:`accumulate_loss`."""
         super().zero_grad(set_to_none)
+        self.clear_accumulated_loss()
+
+    def clear_accumulated_loss(self) -> None:
+        """Forget the losses recorded with :meth:`accumulate_loss` (for trainers that zero the gradients
+        through the model, ``model.zero_grad()``, after a step a ``GradScaler`` skipped)."""
         self._pending_loss = None
 
     def _step(self, loss: Optional[LossLike]):

@@ -79,3 +79,26 @@ def test_a_checkpoint_of_two_fsdp2_ranks_loads_on_two_ranks_and_on_one(tmp_path)
             assert torch.equal(w.whole_params(one)[n], p), (name, n)
             for r in ranks:
                 assert torch.equal(r[(name, backend)][n], p), (name, n)
+
+
+@pytest.mark.parametrize("name", ["velo", "celo"])
+def test_a_first_parameter_without_a_gradient_on_the_first_step_still_loads(name, tmp_path):
+    """The optimizer-wide state sits with the first parameter whatever got gradients, so DCP's template
+    (every parameter initialised) and the checkpoint agree."""
+    module, opt = _trained(name, 0)
+    first = next(module.parameters())
+    for t in range(dw.BEFORE):
+        opt.zero_grad()
+        loss = module(t)
+        loss.backward()
+        if t == 0:
+            first.grad = None  # e.g. a branch not taken on the first batch
+        opt.step(loss=loss.detach())
+    dw.save(module, opt, str(tmp_path / "ckpt"))
+    dw.continued_steps(module, opt, dw.BEFORE, dw.AFTER)
+    fresh = w.Shapes(seed=1)
+    opt2 = get(name).build(list(fresh.named_parameters()), run_on="fused")
+    dw.load(fresh, opt2, str(tmp_path / "ckpt"))
+    dw.continued_steps(fresh, opt2, dw.BEFORE, dw.AFTER)
+    for n, p in w.whole_params(module).items():
+        assert torch.equal(w.whole_params(fresh)[n], p), n

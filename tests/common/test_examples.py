@@ -25,7 +25,8 @@ def celo_folder(shared_checkpoints, tmp_path_factory):
 
 
 def _run(script, out, *args):
-    env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "1",
+           "HF_HUB_CACHE": str(out / "hf_cache")}  # no weights a real cache might hold
     done = subprocess.run([sys.executable, str(EXAMPLES / script), "--out", str(out), *args],
                           capture_output=True, text=True, timeout=300, env=env, cwd=EXAMPLES.parent)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -80,7 +80,20 @@ def test_bare_hf_trainer_keeps_the_missing_loss_error(tmp_path):
         _hf_trainer(transformers.Trainer, model, opt, tmp_path).train()
 
 
-def _lightning_fit(name, callbacks, accumulate=K):
+def test_hf_trainer_forgets_the_losses_of_a_step_a_grad_scaler_skipped(tmp_path):
+    """fp16 skipped steps never reach pylo's step and Trainer zeroes gradients through the model: the
+    step-end callback drops what was recorded, so the next step does not see two windows' losses."""
+    from pylo.integrations.hf import PyloTrainer
+
+    model = Recorded()
+    opt = learned("velo", model.parameters(), num_steps=STEPS)
+    trainer = _hf_trainer(PyloTrainer, model, opt, tmp_path)
+    opt.accumulate_loss(3.0)
+    trainer.callback_handler.on_step_end(trainer.args, trainer.state, trainer.control)
+    assert opt._pending_loss is None
+
+
+def _lightning_fit(name, callbacks, accumulate=K, plugins=()):
     L = pytest.importorskip("lightning.pytorch")
 
     class Module(L.LightningModule):
@@ -103,7 +116,7 @@ def _lightning_fit(name, callbacks, accumulate=K):
     module = Module()
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*data()), batch_size=BATCH)
     trainer = L.Trainer(max_steps=STEPS, accumulate_grad_batches=accumulate, callbacks=callbacks,
-                        accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                        accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, plugins=list(plugins),
                         enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(module, loader)
     return module
@@ -114,6 +127,17 @@ def test_lightning_callback_feeds_the_mean_loss(name):
     from pylo.integrations.lightning import PyloLossCallback
 
     module = _lightning_fit(name, [PyloLossCallback()])
+    assert len(module.fed) == STEPS
+    assert module.fed == pytest.approx(window_means(module.micro, K), rel=1e-6)
+
+
+def test_lightning_16_mixed_with_a_grad_scaler_feeds_the_unscaled_mean_loss():
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    from pylo.integrations.lightning import PyloLossCallback
+
+    scaled = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu", init_scale=2.0 ** 12))
+    module = _lightning_fit("velo", [PyloLossCallback()], plugins=[scaled])
     assert len(module.fed) == STEPS
     assert module.fed == pytest.approx(window_means(module.micro, K), rel=1e-6)
 

@@ -14,7 +14,7 @@ architecture of VeLO and Celo. Per :meth:`HyperV2Optimizer.step` (``g`` the grad
 The per-tensor LSTM state lives with each parameter's state, so parameters without a gradient
 (or frozen) simply sit a step out, and parameters added later start from the learned initial
 state. The optimizer-wide state (iteration, loss buffer) lives under ``"hyper_v2"`` in the state of
-the first parameter ever updated, so ``opt.state`` is keyed by parameters only, as
+the first parameter (with or without a gradient), so ``opt.state`` is keyed by parameters only, as
 ``torch.distributed.checkpoint`` requires; state dicts that kept it at the top level still load.
 """
 
@@ -179,42 +179,40 @@ class HyperV2Optimizer(LearnedOptimizer):
         items = [(group, p, g) for group, params, grads in entries for p, g in zip(params, grads)]
         if items:
             self._init_group(items, self.network_on(items[0][1].device).rnn)
-            self._global_state(items)
+            self._global_state()
 
-    def _global_holder(self) -> Optional[torch.Tensor]:
-        """The parameter whose state holds the optimizer-wide entry, if there is one yet."""
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p in self.state and GLOBAL_STATE_KEY in self.state[p]:
-                    return p
-        return None
+    def _global_holder(self) -> torch.Tensor:
+        """The parameter whose state holds the optimizer-wide entry: always the first one, with or without
+        a gradient, so a checkpoint and a freshly built optimizer (DCP's load template) agree on it."""
+        return self.param_groups[0]["params"][0]
 
-    def _global_state(self, items=None) -> Dict:
-        """The optimizer-wide state; created (with the first of ``items`` as its holder) when missing."""
-        holder = self._global_holder()
-        if holder is None:
+    def _global_state(self) -> Dict:
+        """The optimizer-wide state, created when missing."""
+        state = self.state[self._global_holder()]
+        if GLOBAL_STATE_KEY not in state:
             inner = self.num_steps // self.num_average
-            holder = items[0][1]
-            self.state[holder][GLOBAL_STATE_KEY] = init_global_state(inner, self.loss_horizon(inner))
-        return self.state[holder][GLOBAL_STATE_KEY]
+            state[GLOBAL_STATE_KEY] = init_global_state(inner, self.loss_horizon(inner))
+        return state[GLOBAL_STATE_KEY]
 
     def _set_global_state(self, **changes) -> None:
-        holder = self._global_holder()
-        self.state[holder][GLOBAL_STATE_KEY] = {**self.state[holder][GLOBAL_STATE_KEY], **changes}
+        self.state[self._global_holder()][GLOBAL_STATE_KEY] = {**self._global_state(), **changes}
 
     def load_state_dict(self, state_dict: Dict) -> None:
-        """:meth:`LearnedOptimizer.load_state_dict`; a top-level ``"hyper_v2"`` entry (pylo 0.1.0) moves to
-        the state of the first parameter that has state."""
+        """:meth:`LearnedOptimizer.load_state_dict`; an optimizer-wide entry found elsewhere (at the top level,
+        as pylo 0.1.0 kept it, or under another parameter) moves to the first parameter's state."""
         super().load_state_dict(state_dict)
-        legacy = self.state.pop(GLOBAL_STATE_KEY, None)
-        if legacy is not None:
-            params = [p for g in self.param_groups for p in g["params"]]
-            holder = next((p for p in params if p in self.state), params[0])
-            self.state[holder][GLOBAL_STATE_KEY] = legacy
+        found = self.state.pop(GLOBAL_STATE_KEY, None)
+        for p in [p for g in self.param_groups for p in g["params"]]:
+            if p in self.state and GLOBAL_STATE_KEY in self.state[p]:
+                found = self.state[p].pop(GLOBAL_STATE_KEY)
+                if not self.state[p]:
+                    del self.state[p]
+        if found is not None:
+            self.state[self._global_holder()][GLOBAL_STATE_KEY] = found
 
     def _accumulate(self, items, loss_t):
         """prefab's ``GradientAccumulator``: sum ``num_average`` micro-steps, update with their mean."""
-        state = self._global_state(items)
+        state = self._global_state()
         loss_accum, micro_step, ready = prefab.accumulate(self.state, self.param_groups, items, loss_t, state,
                                                           self.num_average)
         self._set_global_state(micro_step=micro_step, loss_accum=loss_accum)
@@ -261,7 +259,7 @@ class HyperV2Optimizer(LearnedOptimizer):
 
     def _update(self, items, loss_t, main) -> None:
         """One HyperV2 update of ``items`` (group, param, float32 grad in torch layout)."""
-        g_state = self._global_state(items)
+        g_state = self._global_state()
         # ten numbers, kept on the CPU: their float64 roundings work on every device
         buffer = loss_buffer.update(loss_buffer.to(g_state["loss_buffer"], "cpu"), loss_t.cpu())
         loss_features = loss_buffer.features(buffer).to(main)

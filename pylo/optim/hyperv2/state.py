@@ -6,7 +6,7 @@ Per parameter, ``optimizer.state[p]``, float32 in the work layout (:mod:`pylo.co
 ``lstm_hidden`` and ``lstm_cell``, and ``grad_accum`` while gradients are being averaged.
 
 Optimizer-wide, ``optimizer.state[p]["hyper_v2"]`` (:data:`~.constants.GLOBAL_STATE_KEY`) of the first
-parameter ``p`` ever updated:
+parameter ``p`` of the first param group:
 ``iteration``, ``num_steps`` (the horizon of one update per averaged group of calls),
 ``micro_step``, ``loss_accum`` and ``loss_buffer`` (:mod:`.loss_buffer`).
 """
