@@ -39,8 +39,8 @@ def _falls(losses, k=10) -> bool:
 
 @pytest.mark.parametrize("script,metric", [("digits.py", "final_test_accuracy"), ("char_lm.py", "final_val_loss")])
 def test_a_short_run_trains_and_writes_its_picture(script, metric, celo_folder, tmp_path):
-    results, _ = _run(script, tmp_path, "--steps", "40", "--optimizers", "adamw,celo",
-                      "--checkpoint", f"celo={celo_folder}")
+    results, _ = _run(script, tmp_path, "--steps", "40", "--eval-every", "10", "--optimizers", "adamw,celo",
+                      "--checkpoint", f"celo={celo_folder}")  # 5 evaluations: they cost more than the steps
     runs = results["optimizers"]
     for name in ("adamw", "celo"):
         assert runs[name]["status"] == "ok", runs[name]
