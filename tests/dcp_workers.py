@@ -40,9 +40,24 @@ def continued_steps(module, opt, start: int, steps: int) -> None:
         opt.step(loss=loss.detach())
 
 
+def full_optimizer_state(module, opt) -> dict:
+    """The optimizer's state gathered whole, keyed by parameter name (every rank gets all of it)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    state = get_optimizer_state_dict(module, opt, options=StateDictOptions(full_state_dict=True))["state"]
+    return _cloned(state)  # plain tensors in it are the optimizer's own, which later steps change
+
+
+def _cloned(value):
+    if isinstance(value, dict):
+        return {k: _cloned(v) for k, v in value.items()}
+    return value.detach().clone() if isinstance(value, torch.Tensor) else value
+
+
 def fsdp2_dcp_worker(rank: int, world: int, store: str, out: str, cases) -> None:
-    """Per case: FSDP2 training, a DCP checkpoint (``out/<name>``), a fresh FSDP2 run loading it and
-    continuing; each rank saves the whole parameters it ends with."""
+    """Per case: FSDP2 training, a DCP checkpoint (``out/<name>``) and the whole optimizer state at that
+    point, a fresh FSDP2 run loading it and continuing, and the uninterrupted FSDP2 run; each rank
+    saves the whole parameters of both runs."""
     from torch.distributed.fsdp import fully_shard
 
     from pylo.parity_tests.optim_db import get
@@ -56,6 +71,9 @@ def fsdp2_dcp_worker(rank: int, world: int, store: str, out: str, cases) -> None
             opt = get(name).build(list(module.named_parameters()), run_on=backend)
             train_shapes(module, opt, BEFORE)
             save(module, opt, folder)
+            saved[(name, "state")] = full_optimizer_state(module, opt)
+            continued_steps(module, opt, BEFORE, AFTER)
+            saved[(name, "uninterrupted")] = whole_params(module)
             fresh = Shapes(seed=1)
             fully_shard(fresh)
             opt2 = get(name).build(list(fresh.named_parameters()), run_on=backend)

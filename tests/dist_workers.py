@@ -116,7 +116,7 @@ def whole_params(module: torch.nn.Module):
 
 
 def fsdp2_worker(rank: int, world: int, store: str, out: str, cases, steps: int, mesh_shape=None) -> None:
-    """Each ``(optimizer, backend)`` of ``cases`` on a ``fully_shard``-ed :class:`Shapes` (a 2-D
+    """Each ``(optimizer, backend[, kwargs as (key, value) pairs])`` of ``cases`` on a ``fully_shard``-ed :class:`Shapes` (a 2-D
     ``mesh_shape``: HSDP, replicate x shard); each rank saves the whole parameters it ends with."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
@@ -127,12 +127,13 @@ def fsdp2_worker(rank: int, world: int, store: str, out: str, cases, steps: int,
         shape = tuple(mesh_shape or (world,))
         mesh = init_device_mesh("cpu", shape, mesh_dim_names=("replicate", "shard")[-len(shape):])
         saved = {}
-        for name, backend in cases:
+        for case in cases:
+            name, backend, kwargs = (*case, ())[:3]
             module = Shapes()
             fully_shard(module, mesh=mesh)
-            opt = get(name).build(list(module.named_parameters()), run_on=backend)
+            opt = get(name).build(list(module.named_parameters()), run_on=backend, **dict(kwargs))
             train_shapes(module, opt, steps)
-            saved[(name, backend)] = whole_params(module)
+            saved[case] = whole_params(module)
         torch.save(saved, Path(out) / f"rank{rank}.pt")
 
 
@@ -162,3 +163,46 @@ def placed_worker(rank: int, world: int, store: str, out: str, cases, steps: int
                 opt.step(loss=loss.detach())
             saved[(name, backend)] = whole_params(module)
         torch.save(saved, Path(out) / f"rank{rank}.pt")
+
+
+# ------------------------------------------------------------------ MuLO under FSDP2
+def mup_model() -> torch.nn.Module:
+    """A μP model (width 16 over base width 8) with μLO's readout; base shapes set."""
+    import mup
+
+    from pylo.util.mup import MuLOReadout
+
+    def make(width):
+        return torch.nn.Sequential(torch.nn.Linear(FEATURES, width), torch.nn.Tanh(), torch.nn.Linear(width, width),
+                                   torch.nn.Tanh(), MuLOReadout(width, OUT))
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = make(16)
+    mup.set_base_shapes(model, make(8))
+    return model
+
+
+def train_mulo(module: torch.nn.Module, steps: int, x, y) -> None:
+    from pylo.optim import MuLO
+    from pylo.parity_tests.optim_db import get
+
+    opt = MuLO(module.parameters(), network=get("mulo").make_small_network(0), backend="naive")
+    train(module, opt, x, y, steps)
+
+
+def mulo_fsdp2_worker(rank: int, world: int, store: str, out: str, steps: int) -> None:
+    """The documented recipe: base shapes recorded before ``fully_shard`` and restored after it, then MuLO;
+    every rank trains on the whole batch (the same loss as one process) and saves the whole parameters."""
+    from torch.distributed.fsdp import fully_shard
+
+    from pylo.util.mup import record_base_shapes, restore_base_shapes
+
+    with process_group(rank, world, store):
+        module = mup_model()
+        shapes = record_base_shapes(module)
+        fully_shard(module)
+        restore_base_shapes(module, shapes)
+        x, y = data()
+        train_mulo(module, steps, x, y)
+        torch.save(whole_params(module), Path(out) / f"rank{rank}.pt")

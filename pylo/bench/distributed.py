@@ -7,8 +7,9 @@ optimizer steps. The payload of a collective is the data one rank holds in it: a
 output, a reduce-scatter's input, an all-reduce's tensor. For reference the table gives the
 statistics floor ``sum over matrices of (rows + columns) x 4 bytes``, what an optimizer that
 reduces only per-row and per-column statistics would move (the issue-10 goal for the AdafacLO
-family, VeLO and Celo); pylo today gathers each whole parameter and gradient
-(:mod:`pylo.optim.sharded`), O(numel).
+family, VeLO and Celo). pylo steps each shard and all-reduces only the reduced statistics
+(:mod:`pylo.optim.sharded`); CELO2 and ELO-CELO2 also gather each matrix's step once for
+Newton-Schulz.
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ class CollectiveBytes(TorchDispatchMode):
 
     It sees the collectives that reach the dispatcher as ops: FSDP2's, ``full_tensor()``'s, explicit
     ``torch.distributed`` calls. Redistributions DTensor makes inside its own op dispatch (an ``mm`` of
-    sharded operands) do not pass through a plain dispatch mode; pylo's step makes none today."""
+    sharded operands) do not pass through a plain dispatch mode; pylo's step makes none (its
+    collectives are explicit ``torch.distributed`` calls)."""
 
     def __init__(self):
         super().__init__()

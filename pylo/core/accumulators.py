@@ -16,11 +16,11 @@ within a few ulp with the JAX reference.
 
 from __future__ import annotations
 
-from typing import Dict, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 
-from pylo.core.reduce import mean_over
+from pylo.core.reduce import Split, global_shape, mean_over
 from pylo.spec.shapes import factored_dims
 
 FACTORED_EPS = 1e-30  # added to g*g before averaging (upstream ``epsilon``)
@@ -42,11 +42,13 @@ def init_moment(work_shape: Sequence[int], k: int, device) -> torch.Tensor:
     return torch.zeros(tuple(work_shape) + (k,), dtype=torch.float32, device=device)
 
 
-def init_factored(work_shape: Sequence[int], k: int, device) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(v_row, v_col, v_diag)`` zeros with upstream's shapes (empty slots ``(0, k)``)."""
+def init_factored(work_shape: Sequence[int], k: int, device, split: Optional[Split] = None
+                  ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(v_row, v_col, v_diag)`` zeros with upstream's shapes (empty slots ``(0, k)``); with a
+    ``split``, ``work_shape`` is this rank's part and the factored axes are the whole tensor's."""
     shape = tuple(work_shape)
     empty = torch.zeros((0, k), dtype=torch.float32, device=device)
-    dims = factored_dims(shape)
+    dims = factored_dims(global_shape(shape, split))
     if dims is None:
         return empty, empty.clone(), torch.zeros(shape + (k,), dtype=torch.float32, device=device)
     d1, d0 = dims
@@ -69,35 +71,36 @@ def update_rms(rms: torch.Tensor, g: torch.Tensor, decays: torch.Tensor) -> None
     rms.mul_(b).add_((1 - b) * (g * g).unsqueeze(-1))
 
 
-def row_col_factors(v_row: torch.Tensor, v_col: torch.Tensor, dims: Tuple[int, int]
-                    ) -> Tuple[torch.Tensor, torch.Tensor]:
+def row_col_factors(v_row: torch.Tensor, v_col: torch.Tensor, dims: Tuple[int, int],
+                    split: Optional[Split] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """Adafactor preconditioner factors, broadcastable against ``S + (k,)``.
 
     ``row = safe_rsqrt(v_row / (mean(v_row, rd1) + 1e-9))`` and ``col = safe_rsqrt(v_col)``,
-    expanded at ``d0`` and ``d1`` respectively.
+    expanded at ``d0`` and ``d1`` respectively. ``split``: that of the full tensor ``S + (k,)``.
     """
     d1, d0 = dims
     reduced_d1 = d1 - 1 if d1 > d0 else d1
-    row_mean = mean_over(v_row, (reduced_d1,), keepdim=True)
+    row_mean = mean_over(v_row, (reduced_d1,), keepdim=True, split=split and split.without(d0))
     row = safe_rsqrt(v_row / (row_mean + 1e-9))
     col = safe_rsqrt(v_col)
     return row.unsqueeze(d0), col.unsqueeze(d1)
 
 
 def update_factored(v_row: torch.Tensor, v_col: torch.Tensor, v_diag: torch.Tensor,
-                    g: torch.Tensor, decays: torch.Tensor) -> torch.Tensor:
-    """Update the factored moments in place and return the preconditioned ``fac_g``."""
+                    g: torch.Tensor, decays: torch.Tensor, split: Optional[Split] = None) -> torch.Tensor:
+    """Update the factored moments in place and return the preconditioned ``fac_g`` (``split``: that of
+    ``g``, when it is one rank's part of a split tensor)."""
     b = decays.clamp(0.0, 1.0)
     mix = 1 - b
     grad_sqr = g * g + FACTORED_EPS
-    dims = factored_dims(g.shape)
+    dims = factored_dims(global_shape(g.shape, split))
     if dims is None:
         v_diag.mul_(b).add_(mix * grad_sqr.unsqueeze(-1))
         return g.unsqueeze(-1) * safe_rsqrt(v_diag + 1e-9)
     d1, d0 = dims
-    v_row.mul_(b).add_(mix * mean_over(grad_sqr, (d0,)).unsqueeze(-1))
-    v_col.mul_(b).add_(mix * mean_over(grad_sqr, (d1,)).unsqueeze(-1))
-    row, col = row_col_factors(v_row, v_col, dims)
+    v_row.mul_(b).add_(mix * mean_over(grad_sqr, (d0,), split=split).unsqueeze(-1))
+    v_col.mul_(b).add_(mix * mean_over(grad_sqr, (d1,), split=split).unsqueeze(-1))
+    row, col = row_col_factors(v_row, v_col, dims, split)
     return g.unsqueeze(-1) * row * col
 
 
@@ -110,18 +113,31 @@ class AccumulatorSet:
     KEYS = ("mom", "rms", "fac_row", "fac_col", "fac_diag")
 
     @staticmethod
-    def init(state: Dict[str, torch.Tensor], work_shape, n_mom: int, n_rms: int, n_fac: int, device) -> None:
+    def splits(work_shape: Sequence[int], split: Optional[Split]) -> Dict[str, Optional[Split]]:
+        """Which axis of each accumulator is split when the work-layout tensor (local ``work_shape``) is
+        (a key left out, or None: the accumulator is whole on every rank)."""
+        if split is None:
+            return {}
+        dims = factored_dims(global_shape(work_shape, split))
+        if dims is None:
+            return {"mom": split, "rms": split, "fac_diag": split}
+        d1, d0 = dims
+        return {"mom": split, "rms": split, "fac_row": split.without(d0), "fac_col": split.without(d1)}
+
+    @staticmethod
+    def init(state: Dict[str, torch.Tensor], work_shape, n_mom: int, n_rms: int, n_fac: int, device,
+             split: Optional[Split] = None) -> None:
         state["mom"] = init_moment(work_shape, n_mom, device)
         state["rms"] = init_moment(work_shape, n_rms, device)
-        state["fac_row"], state["fac_col"], state["fac_diag"] = init_factored(work_shape, n_fac, device)
+        state["fac_row"], state["fac_col"], state["fac_diag"] = init_factored(work_shape, n_fac, device, split)
 
     @staticmethod
     def update(state: Dict[str, torch.Tensor], g: torch.Tensor, mom_decays: torch.Tensor,
-               rms_decays: torch.Tensor, fac_decays: torch.Tensor) -> torch.Tensor:
+               rms_decays: torch.Tensor, fac_decays: torch.Tensor, split: Optional[Split] = None) -> torch.Tensor:
         """Update all three in place; return ``fac_g``."""
         update_momentum(state["mom"], g, mom_decays)
         update_rms(state["rms"], g, rms_decays)
-        return update_factored(state["fac_row"], state["fac_col"], state["fac_diag"], g, fac_decays)
+        return update_factored(state["fac_row"], state["fac_col"], state["fac_diag"], g, fac_decays, split)
 
 
 def update_momentum_foreach(ms, gs, decays: torch.Tensor) -> None:

@@ -2,8 +2,9 @@
 
 Second-moment normalisers, factored row/column accumulators, per-tensor statistics (VeLO's and
 Celo's LSTM inputs, parameter scales) and the global norm for clipping all reduce through these
-functions, so that sharded parameters (a DTensor whose reduced axis is split over ranks) need a
-collective added here and nowhere else.
+functions. A tensor whose axis is split over ranks (this rank's shard of a DTensor parameter)
+carries a :class:`Split`; a reduction over that axis is then a partial reduction plus an
+all-reduce of the reduced values on the split's process group, here and nowhere else.
 
 Semantics follow JAX: a mean or sum over an *empty* axis list is the identity (``torch.mean(x,
 dim=[])`` would reduce over everything, which broke every 0-d parameter in the published port).
@@ -15,17 +16,111 @@ dim=[])`` would reduce over everything, which broke every 0-d parameter in the p
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+import math
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
 
-def mean_over(x: torch.Tensor, dims: Sequence[int], keepdim: bool = False) -> torch.Tensor:
-    """Mean over ``dims``; an empty ``dims`` is the identity."""
-    dims = tuple(dims)
+@dataclass(frozen=True)
+class Split:
+    """Axis ``dim`` of a local tensor is this rank's part of an axis of length ``size`` split over the
+    ranks of ``group`` (a ``torch.distributed`` process group); every other axis is whole."""
+
+    dim: int
+    size: int
+    group: Any
+
+    def global_shape(self, local_shape: Sequence[int]) -> Tuple[int, ...]:
+        return tuple(self.size if i == self.dim else int(s) for i, s in enumerate(local_shape))
+
+    def without(self, axis: int) -> Optional["Split"]:
+        """The split of the tensor reduced over ``axis`` (None once the split axis is gone)."""
+        if axis == self.dim:
+            return None
+        return Split(self.dim - 1 if axis < self.dim else self.dim, self.size, self.group)
+
+
+def global_shape(shape: Sequence[int], split: Optional[Split]) -> Tuple[int, ...]:
+    """The whole tensor's shape (``shape`` itself when nothing is split)."""
+    return tuple(int(s) for s in shape) if split is None else split.global_shape(shape)
+
+
+def all_reduce_sum(x: torch.Tensor, split: Optional[Split]) -> torch.Tensor:
+    """In place and returned: ``x`` summed over the ranks of ``split`` (unchanged when None)."""
+    if split is not None:
+        import torch.distributed as dist
+
+        dist.all_reduce(x, op=dist.ReduceOp.SUM, group=split.group)
+    return x
+
+
+def all_reduce_leaves(values: List[torch.Tensor], splits: Sequence[Optional[Split]], op: str = "sum"
+                      ) -> List[torch.Tensor]:
+    """Per-leaf 0-d values with the split leaves' reduced over their ranks (``"sum"`` or ``"max"``),
+    one collective per process group; leaves without a split are returned as they are."""
+    by_group: Dict[Any, List[int]] = {}
+    for i, split in enumerate(splits):
+        if split is not None:
+            by_group.setdefault(split.group, []).append(i)
+    if not by_group:
+        return list(values)
+    import torch.distributed as dist
+
+    out = list(values)
+    for group, idx in by_group.items():
+        packed = torch.stack([values[i].to(torch.float32) for i in idx])
+        dist.all_reduce(packed, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX, group=group)
+        for j, i in enumerate(idx):
+            out[i] = packed[j]
+    return out
+
+
+def _rank_range(split: Split) -> Tuple[int, int, int]:
+    """``(start, length, chunk)`` of this rank's part of the split axis, as DTensor's ``Shard`` cuts it
+    (``torch.chunk``: ``ceil(size / world)`` per rank, the last parts shorter or empty)."""
+    import torch.distributed as dist
+
+    world, rank = dist.get_world_size(split.group), dist.get_rank(split.group)
+    chunk = -(-split.size // world)
+    start = min(rank * chunk, split.size)
+    return start, min(chunk, split.size - start), chunk
+
+
+def gather_split(x: torch.Tensor, split: Split) -> torch.Tensor:
+    """The whole tensor from every rank's part of it (one all-gather of the split axis, padded to
+    equal parts)."""
+    import torch.distributed as dist
+
+    _, length, chunk = _rank_range(split)
+    world = dist.get_world_size(split.group)
+    part = x.movedim(split.dim, 0)
+    if length < chunk:
+        part = torch.cat([part, part.new_zeros((chunk - length,) + tuple(part.shape[1:]))])
+    out = part.new_empty((world * chunk,) + tuple(part.shape[1:]))
+    gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor  # renamed in torch 2.13
+    gather(out, part.contiguous(), group=split.group)
+    return out[:split.size].movedim(0, split.dim)
+
+
+def local_part(whole: torch.Tensor, split: Split) -> torch.Tensor:
+    """This rank's part of ``whole`` along the split axis (no communication)."""
+    start, length, _ = _rank_range(split)
+    return whole.narrow(split.dim, start, length)
+
+
+def mean_over(x: torch.Tensor, dims: Sequence[int], keepdim: bool = False, split: Optional[Split] = None
+              ) -> torch.Tensor:
+    """Mean over ``dims``; an empty ``dims`` is the identity. With a ``split`` among ``dims``: the
+    local sum, summed over the ranks, over the whole tensor's count."""
+    dims = tuple(d % x.dim() for d in dims) if x.dim() else tuple(dims)
     if not dims:
         return x
-    return x.mean(dim=dims, keepdim=keepdim)
+    if split is None or split.dim not in dims:
+        return x.mean(dim=dims, keepdim=keepdim)
+    count = math.prod(split.size if d == split.dim else x.shape[d] for d in dims)
+    return all_reduce_sum(x.sum(dim=dims, keepdim=keepdim), split) / count
 
 
 def sum_over(x: torch.Tensor, dims: Sequence[int], keepdim: bool = False) -> torch.Tensor:
@@ -36,9 +131,9 @@ def sum_over(x: torch.Tensor, dims: Sequence[int], keepdim: bool = False) -> tor
     return x.sum(dim=dims, keepdim=keepdim)
 
 
-def second_moment(x: torch.Tensor, dims: Sequence[int]) -> torch.Tensor:
+def second_moment(x: torch.Tensor, dims: Sequence[int], split: Optional[Split] = None) -> torch.Tensor:
     """``mean(x^2, dims)`` kept broadcastable against ``x`` (the normalisers' denominator)."""
-    return mean_over(x * x, dims, keepdim=True)
+    return mean_over(x * x, dims, keepdim=True, split=split)
 
 
 def mean_all(x: torch.Tensor) -> torch.Tensor:
@@ -51,9 +146,11 @@ def sum_all(x: torch.Tensor) -> torch.Tensor:
     return torch.sum(x)
 
 
-def mean_square(x: torch.Tensor) -> torch.Tensor:
-    """``mean(x^2)`` over every element (parameter scales)."""
-    return (x * x).mean()
+def mean_square(x: torch.Tensor, split: Optional[Split] = None) -> torch.Tensor:
+    """``mean(x^2)`` over every element (parameter scales); with a ``split``, over all ranks' parts."""
+    if split is None:
+        return (x * x).mean()
+    return mean_over(x * x, range(x.dim()), split=split)
 
 
 def sum_squares(x: torch.Tensor, dims: Optional[Sequence[int]] = None, keepdim: bool = False) -> torch.Tensor:
@@ -62,18 +159,23 @@ def sum_squares(x: torch.Tensor, dims: Optional[Sequence[int]] = None, keepdim: 
     return torch.sum(sq) if dims is None else sum_over(sq, dims, keepdim)
 
 
-def global_sq_norm(tensors: Sequence[torch.Tensor]) -> Optional[torch.Tensor]:
-    """``sum_i sum(t_i^2)`` in float32, summed leaf by leaf as ``optax.tree.norm`` does (None if empty)."""
+def global_sq_norm(tensors: Sequence[torch.Tensor], splits: Optional[Sequence[Optional[Split]]] = None
+                   ) -> Optional[torch.Tensor]:
+    """``sum_i sum(t_i^2)`` in float32, summed leaf by leaf as ``optax.tree.norm`` does (None if empty);
+    a leaf with a split counts all its ranks' parts."""
+    leaves = [sum_squares(t) for t in tensors]
+    if splits is not None:
+        leaves = all_reduce_leaves(leaves, splits)
     total = None
-    for t in tensors:
-        sq = sum_squares(t)
+    for sq in leaves:
         total = sq if total is None else total + sq.to(total.device)
     return total
 
 
-def global_norm(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+def global_norm(tensors: Sequence[torch.Tensor], splits: Optional[Sequence[Optional[Split]]] = None
+                ) -> torch.Tensor:
     """``sqrt(sum_i sum(t_i^2))``: optax's global norm (0 for no tensors)."""
-    total = global_sq_norm(tensors)
+    total = global_sq_norm(tensors, splits)
     if total is None:
         return torch.zeros(())
     return torch.sqrt(total)

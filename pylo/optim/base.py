@@ -30,7 +30,8 @@ from torch import nn
 
 from pylo.core.clipping import clip_by_global_norm
 from pylo.optim.backend import BACKEND_KEYS
-from pylo.optim.sharded import whole_tensors
+from pylo.core.reduce import all_reduce_leaves
+from pylo.optim.sharded import is_dtensor, local_grad, local_split, local_tensor, shard_axis, whole_tensors
 
 LossLike = Union[torch.Tensor, float, int]
 NONFINITE_MODES = ("raise", "upstream")
@@ -65,8 +66,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
     def step(self, closure=None, loss=None):
         """One update; ``closure`` (re-evaluates the model, run with gradients on) or ``loss``; returns the loss.
 
-        DTensor parameters (FSDP2, HSDP, tensor parallel) are stepped as their whole tensors
-        (:func:`pylo.optim.sharded.whole_tensors`), so a sharded run computes what an unsharded one does.
+        DTensor parameters (FSDP2, HSDP, tensor parallel) are stepped shard-wise or as their whole
+        tensors (:mod:`pylo.optim.sharded`), so a sharded run computes what an unsharded one does.
         """
         from_closure = callable(closure)
         given = self._resolve_loss(closure, loss)
@@ -142,8 +143,23 @@ class LearnedOptimizer(torch.optim.Optimizer):
             return False
         if any(bool(group.get("lr", 1) != 0) for group in self.param_groups):
             return False
-        grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
+        grads = [local_tensor(p.grad) for group in self.param_groups for p in group["params"] if p.grad is not None]
         return bool(grads) and not any(bool(torch.count_nonzero(g)) for g in grads)
+
+    #: whether the family steps DTensor parameters shard by shard (:mod:`pylo.optim.sharded`)
+    shard_wise = False
+
+    def _steps_shard_wise(self, group: Dict, p: torch.Tensor) -> bool:
+        """Whether DTensor parameter ``p`` is stepped on its local shard (else gathered whole)."""
+        return self.shard_wise and shard_axis(p)[0]
+
+    @staticmethod
+    def _split_for(group: Dict, p: torch.Tensor):
+        """The :class:`~pylo.core.reduce.Split` of a parameter stepped shard-wise (None otherwise)."""
+        return local_split(p, group.get("kernel_layout", "torch")) if is_dtensor(p) else None
+
+    def _entry_splits(self, entries) -> List:
+        return [self._split_for(group, p) for group, params, _ in entries for p in params]
 
     def add_param_group(self, param_group: Dict[str, Any]) -> None:
         """``torch.optim``'s, refusing parameters this optimizer would update wrongly."""
@@ -166,7 +182,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
         """Per group: the parameters that get updated and their float32 gradients.
 
         Parameters without a gradient, with ``requires_grad=False`` or with no elements are skipped
-        (they get no state).
+        (they get no state). A DTensor parameter stepped shard-wise gets its local gradient.
         """
         out = []
         for group in self.param_groups:
@@ -181,7 +197,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
                     raise RuntimeError(f"{self.display_name} does not support complex parameters; "
                                        "optimize torch.view_as_real(param) instead")
                 params.append(p)
-                grads.append(p.grad.detach().to(torch.float32))
+                grads.append((local_grad(p) if is_dtensor(p) else p.grad).detach().to(torch.float32))
             out.append((group, params, grads))
         if self.nonfinite_grads == "raise":
             self._check_finite(out)
@@ -196,6 +212,10 @@ class LearnedOptimizer(torch.optim.Optimizer):
         # one norm per tensor (no temporaries), squared: finite exactly when every g*g and their sum are;
         # NaN and Inf propagate through it. One host sync per device; only a failure looks closer.
         finite_sq = [torch.isfinite(torch.linalg.vector_norm(g).square()) for g in grads]
+        splits = self._entry_splits(entries)
+        if any(splits):  # a shard's verdict is its whole tensor's, on every rank
+            bad = all_reduce_leaves([(~ok).to(torch.float32) for ok in finite_sq], splits, op="max")
+            finite_sq = [b == 0 for b in bad]
         by_device: Dict[torch.device, List[torch.Tensor]] = {}
         for g, ok in zip(grads, finite_sq):
             by_device.setdefault(g.device, []).append(ok)
@@ -221,7 +241,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
         entries = self._grad_entries()
         flat = [g for _, _, grads in entries for g in grads]
         if clip_norm is not None:
-            flat = clip_by_global_norm(flat, clip_norm)
+            flat = clip_by_global_norm(flat, clip_norm, self._entry_splits(entries))
         if nan_to_num:
             flat = [torch.nan_to_num(g) for g in flat]
         it = iter(flat)

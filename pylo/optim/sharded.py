@@ -1,22 +1,32 @@
-"""DTensor parameters (FSDP2 ``fully_shard``, HSDP, tensor parallel) stepped as their whole tensors.
+"""DTensor parameters (FSDP2 ``fully_shard``, HSDP, tensor parallel): stepped shard by shard, or whole.
 
-Every pylo update reads whole tensors: factored statistics over rows and columns, per-tensor
-normalisers, VeLO/Celo's per-tensor LSTM features, CELO2's Newton-Schulz over whole matrices. On a
-DTensor parameter pylo therefore gathers the parameter and its gradient (``full_tensor()``), steps
-the whole tensor with the ordinary engines, and writes back this rank's shard. Every rank computes
-the same update on the same numbers, so a sharded run equals the unsharded one bit for bit.
+Every pylo update reads whole-tensor statistics: factored means over rows and columns, per-tensor
+normalisers, VeLO/Celo's per-tensor LSTM features, CELO2's Newton-Schulz over whole matrices. Two
+ways to get them on a sharded parameter:
 
-The cost, per step and rank: one all-gather of each sharded parameter and gradient (O(numel)), and
-the optimizer state held whole (replicated) on every rank. Sharded state and statistics-only
-collectives are not implemented.
+* **Shard-wise** (the AdafacLO family: AdafacLO, ELO): each rank steps its own shard; every
+  reduction over the split axis is a partial reduction plus an all-reduce of the reduced
+  statistics (:class:`pylo.core.reduce.Split`), so a step moves O(rows + columns) bytes per matrix.
+  The element-wise state (momenta, RMS) is held as DTensors with the parameter's placements; the
+  factored row/column statistics are sharded or replicated as their axes dictate. The arithmetic
+  is the naive engine's whatever backend was chosen; results equal the unsharded run within
+  float32 round-off (sums are taken in another order).
+* **Whole** (VeLO, Celo, CELO2, ELO-CELO2, and placements the shard-wise path does not take):
+  :func:`whole_tensors` gathers the parameter and its gradient (``full_tensor()``), steps the whole
+  tensor with the ordinary engines and writes back this rank's shard. Every rank computes the same
+  update on the same numbers, so the run equals the unsharded one bit for bit; the cost is one
+  all-gather of each parameter and gradient (O(numel)) and the state held whole on every rank.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, List, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
+
+from pylo.core.reduce import Split
+from pylo.spec.shapes import work_permutation
 
 
 def dtensor_type():
@@ -35,16 +45,101 @@ def _local_shard(full: torch.Tensor, like) -> torch.Tensor:
     return distribute_tensor(full, like.device_mesh, like.placements, src_data_rank=None).to_local()
 
 
+def is_dtensor(t) -> bool:
+    dtensor = dtensor_type()
+    return bool(dtensor) and isinstance(t, dtensor)
+
+
+def local_tensor(t: torch.Tensor) -> torch.Tensor:
+    """This rank's part of a DTensor (a view that shares its storage); other tensors as they are."""
+    return t.to_local() if is_dtensor(t) else t
+
+
+def shard_axis(p) -> Tuple[bool, Optional[Tuple[int, int]]]:
+    """``(supported, (mesh_dim, tensor_dim))`` of a DTensor parameter's placements for shard-wise
+    stepping: at most one ``Shard`` (replicated over any other mesh dims: FSDP2, HSDP, column- or
+    row-wise tensor parallel); ``(True, None)`` when fully replicated."""
+    from torch.distributed.tensor import Replicate, Shard
+
+    shards = []
+    for mesh_dim, placement in enumerate(p.placements):
+        if type(placement) is Shard:  # not _StridedShard (FSDP2 over tensor parallel)
+            shards.append((mesh_dim, placement.dim % p.dim()))
+        elif not isinstance(placement, Replicate):
+            return False, None  # Partial
+    if len(shards) > 1:
+        return False, None
+    return True, (shards[0] if shards else None)
+
+
+def local_split(p, kernel_layout: str) -> Optional[Split]:
+    """The :class:`Split` of a DTensor parameter's local part in the work layout (None: replicated)."""
+    _, axis = shard_axis(p)
+    if axis is None:
+        return None
+    mesh_dim, dim = axis
+    perm = work_permutation(p.dim(), kernel_layout)
+    work_dim = perm.index(dim) if perm else dim
+    return Split(work_dim, int(p.shape[dim]), p.device_mesh.get_group(mesh_dim))
+
+
+def as_dtensor(local: torch.Tensor, p, split: Optional[Split]) -> torch.Tensor:
+    """``local`` (this rank's part of a state tensor, ``split`` along ``split.dim``, else replicated) as
+    a DTensor on ``p``'s mesh, so that ``torch.distributed.checkpoint`` saves and reshards it."""
+    from torch.distributed.tensor import DTensor, Replicate, Shard
+
+    placements = [Replicate()] * p.device_mesh.ndim
+    shape = tuple(local.shape)
+    if split is not None:
+        mesh_dim, _ = shard_axis(p)[1]
+        placements[mesh_dim] = Shard(split.dim)
+        shape = split.global_shape(shape)
+    stride = tuple(int(x) for x in torch.empty(shape, device="meta").stride())
+    return DTensor.from_local(local, p.device_mesh, placements, run_check=False, shape=torch.Size(shape),
+                              stride=stride)
+
+
+def like_param(local: torch.Tensor, p) -> torch.Tensor:
+    """``local`` (this rank's part of a tensor of ``p``'s shape and layout) as a DTensor placed as ``p``;
+    ``local`` itself when ``p`` is no DTensor."""
+    if not is_dtensor(p):
+        return local
+    from torch.distributed.tensor import DTensor
+
+    return DTensor.from_local(local, p.device_mesh, p.placements, run_check=False, shape=p.shape, stride=p.stride())
+
+
+def hold_as_dtensors(state: Dict, p, splits: Dict[str, Optional[Split]], keys: Sequence[str]) -> None:
+    """Replace ``state[key]`` (this rank's part) by its DTensor on ``p``'s mesh, for each of ``keys``."""
+    for key in keys:
+        state[key] = as_dtensor(state[key], p, splits.get(key))
+
+
+def local_state(state: Dict) -> Dict:
+    """A parameter's state with its DTensors as their local parts (in-place updates reach the state)."""
+    return {k: local_tensor(v) for k, v in state.items()}
+
+
+def local_grad(p) -> torch.Tensor:
+    """This rank's part of a DTensor parameter's gradient, laid out as the parameter."""
+    g = p.grad
+    if is_dtensor(g) and tuple(g.placements) != tuple(p.placements):
+        g = g.redistribute(p.device_mesh, p.placements)
+    return local_tensor(g)
+
+
 @contextlib.contextmanager
 def whole_tensors(opt: torch.optim.Optimizer) -> Iterator[None]:
     """Inside: ``opt.param_groups`` hold the whole tensors of its DTensor parameters (gradients and
-    state with them); on leaving, each rank's shard is written back and the parameters restored."""
+    state with them), except those the optimizer steps shard-wise (``opt._steps_shard_wise(group,
+    p)``); on leaving, each rank's shard is written back and the parameters restored."""
     swaps: List[Tuple[dict, int, torch.Tensor, torch.Tensor]] = []
     dtensor = dtensor_type()
+    keep = getattr(opt, "_steps_shard_wise", lambda group, p: False)
     if dtensor:
         for group in opt.param_groups:
             for i, p in enumerate(group["params"]):
-                if not isinstance(p, dtensor):
+                if not isinstance(p, dtensor) or keep(group, p):
                     continue
                 whole = p.detach().full_tensor().requires_grad_(p.requires_grad)
                 if p.grad is not None:

@@ -35,22 +35,26 @@ def adafaclo(params: List[torch.Tensor], grads: List[torch.Tensor], states: List
              network: torch.nn.Module, decays: Tuple[torch.Tensor, torch.Tensor, torch.Tensor], lr: float,
              exp_mult: float, step_mult: float, weight_decay: float, kernel_layout: str,
              backend: str = "naive", workspaces: Optional[Dict] = None, chunk_size: int = DEFAULT_CHUNK,
-             decay_values: Optional[Tuple[List[float], List[float], List[float]]] = None) -> None:
+             decay_values: Optional[Tuple[List[float], List[float], List[float]]] = None,
+             splits: Optional[List] = None) -> None:
     """Functional AdafacLO update of one parameter group on one device (gradients already sanitised).
 
     ``states`` hold each tensor's state (:func:`pylo.optim.adafac.state.init_state`); ``decays`` are
     the momentum, RMS and Adafactor decays as float32 tensors on the device. The backends
     (:mod:`pylo.optim.backend`) compute the same update within float32 round-off; ``"fused"`` uses
     ``chunk_size`` and the reusable buffers in ``workspaces``, ``"triton"`` needs ``decay_values``,
-    the decays as Python floats.
+    the decays as Python floats. ``splits`` (naive backend only) marks tensors that are one rank's
+    part of a sharded parameter (:class:`pylo.core.reduce.Split`, None for a whole tensor).
     """
     if backend not in ENGINES:
         raise ValueError(f"backend must be one of {tuple(ENGINES)}, got {backend!r}")
     if not params:
         return
+    if splits is not None and backend != "naive":
+        raise ValueError(f"sharded tensors (splits) step on the naive backend, not {backend!r}")
     if not all(states):
         raise ValueError("every parameter needs its AdafacLO state first (pylo.optim.adafac.state.init_state)")
     engine = ENGINES[backend](network=network, decays=decays, lr=lr, exp_mult=exp_mult, step_mult=step_mult,
                               weight_decay=weight_decay, kernel_layout=kernel_layout, chunk_size=chunk_size,
-                              workspaces=workspaces, decay_values=decay_values)
+                              workspaces=workspaces, decay_values=decay_values, splits=splits)
     engine.finish(engine.prepare(params, grads, states))

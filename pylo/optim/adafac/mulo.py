@@ -60,8 +60,10 @@ def MuLO_naive(params, impl=AdafacLO_naive, **kwargs):
             p = _tensor(item)
             infshape = getattr(p, "infshape", None)
             if infshape is None and isinstance(p, dtensor_type()):
-                raise ValueError("MuLO does not run under FSDP2 / DTensor parameters: fully_shard drops μP's "
-                                 "`infshape` (and mup's MuReadout needs it in forward); use DDP")
+                raise ValueError("MuLO needs μP base shapes, but FSDP2's fully_shard dropped the `infshape` of "
+                                 f"{_describe(item, index)}: record them before sharding and put them back after "
+                                 "(pylo.util.mup.record_base_shapes / restore_base_shapes), with MuLOReadout as "
+                                 "the readout (mup's MuReadout needs `infshape` in forward)")
             if infshape is None:
                 raise ValueError(
                     f"MuLO needs μP base shapes, but parameter {_describe(item, index)} has no `infshape`: "

@@ -10,6 +10,7 @@ from pylo.optim.adafac.functional import ENGINES, adafaclo
 from pylo.optim.adafac.state import decay_counts, init_missing
 from pylo.optim.backend import TORCH_DEFAULT, backend_options, resolve_backend
 from pylo.optim.base import LearnedOptimizer
+from pylo.optim.sharded import is_dtensor, local_state, local_tensor
 from pylo.spec.shapes import KERNEL_LAYOUTS
 
 
@@ -17,7 +18,10 @@ class AdafacOptimizer(LearnedOptimizer):
     """Base of :class:`~pylo.optim.AdafacLO_naive` and :class:`~pylo.optim.ELO_naive`.
 
     Subclasses say how a group's gradients are clipped and which decays and ``step_mult`` it runs with.
+    DTensor parameters (FSDP2, HSDP, tensor parallel) are stepped shard-wise (:mod:`pylo.optim.sharded`).
     """
+
+    shard_wise = True
 
     #: the backend when neither ``backend=`` nor ``foreach=`` is given (``"auto"`` in the recommended classes)
     default_backend: Optional[str] = TORCH_DEFAULT
@@ -58,9 +62,14 @@ class AdafacOptimizer(LearnedOptimizer):
             self._init_group(group, params)
 
     def _step(self, loss):
-        """The AdafacLO-family update on ordinary tensors; returns the loss (``None`` without one)."""
+        """The AdafacLO-family update; returns the loss (``None`` without one)."""
         for group, params, grads in self._sanitized_entries(self._clip_norm(), True):
             self._init_group(group, params)
+            sharded = [i for i, p in enumerate(params) if is_dtensor(p)]
+            if sharded:
+                self._step_shards(group, [params[i] for i in sharded], [grads[i] for i in sharded])
+            whole = [i for i, p in enumerate(params) if not is_dtensor(p)]
+            params, grads = [params[i] for i in whole], [grads[i] for i in whole]
             for device, idx in self._by_device(params).items():
                 network = self.network_on(device)
                 backend = resolve_backend(group["backend"], device, ENGINES["triton"].unsupported(network))
@@ -71,3 +80,14 @@ class AdafacOptimizer(LearnedOptimizer):
                          workspaces=self._workspaces, chunk_size=group["chunk_size"],
                          decay_values=self._decay_values(group) if backend == "triton" else None)
         return loss
+
+    def _step_shards(self, group: Dict, params: List[torch.Tensor], grads: List[torch.Tensor]) -> None:
+        """DTensor parameters, each rank its own shard: the naive arithmetic, with the statistics over a
+        split axis all-reduced (the same sequence of collectives on every rank)."""
+        local = [local_tensor(p) for p in params]
+        device = local[0].device
+        adafaclo(local, grads, [local_state(self.state[p]) for p in params], network=self.network_on(device),
+                 decays=self._decay_tensors(group, device), lr=group["lr"], exp_mult=group["exp_mult"],
+                 step_mult=self._step_mult(group), weight_decay=group["weight_decay"],
+                 kernel_layout=group["kernel_layout"], backend="naive",
+                 splits=[self._split_for(group, p) for p in params])

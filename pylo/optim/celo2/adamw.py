@@ -10,7 +10,7 @@ Both end in ``p <- p - lr * (d + weight_decay * p)`` (:func:`pylo.optim.celo2.le
 
 from __future__ import annotations
 
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 
@@ -44,7 +44,7 @@ def own_adamw(params: List[torch.Tensor], grads: List[torch.Tensor], states: Lis
 
 
 def shared_adamw(params: List[torch.Tensor], grads: List[torch.Tensor], states: List[Dict], settings: Settings,
-                 decays: Sequence[torch.Tensor], foreach: bool) -> None:
+                 decays: Sequence[torch.Tensor], foreach: bool, splits: Optional[Sequence] = None) -> None:
     """ELO-CELO2's AdamW on the shared accumulators (state from :func:`pylo.optim.celo2.state.init_accumulators`)."""
     path = settings.adamw
     b1, b2 = path.betas
@@ -56,8 +56,8 @@ def shared_adamw(params: List[torch.Tensor], grads: List[torch.Tensor], states: 
                                                   [s["rms"][..., -1] for s in states], bc1, bc2, path.eps)
     else:
         directions = []
-        for gw, s in zip(gws, states):
-            accumulate([gw], [s], decays, False)
+        for gw, s, split in zip(gws, states, splits or [None] * len(gws)):
+            accumulate([gw], [s], decays, False, [split])
             directions.append(adam.adam_direction(s["mom"][..., 0], s["rms"][..., -1],
                                                   adam.bias_correction(b1, s["step"]),
                                                   adam.bias_correction(b2, s["step"]), path.eps))

@@ -19,6 +19,7 @@ from pylo.optim.celo2.constants import EMBED_MARKER
 from pylo.optim.celo2.functional import celo2
 from pylo.optim.celo2.settings import Settings
 from pylo.optim.celo2.triton import TritonEngine
+from pylo.optim.sharded import is_dtensor, local_state, local_tensor
 from pylo.spec.features import hyper_group_widths
 from pylo.spec.shapes import KERNEL_LAYOUTS
 
@@ -80,6 +81,7 @@ class Celo2Base(LearnedOptimizer):
     default_backend: Optional[str] = TORCH_DEFAULT
     #: global-norm clipping, then nan_to_num (ELO-CELO2) or not (CELO2)
     upstream_nan_to_num = False
+    shard_wise = True
 
     def _setup(self, params, args: Mapping[str, Any], **given) -> None:
         """Validate and build from the constructor's arguments ``args`` (its ``locals()``), ``given`` over
@@ -148,7 +150,20 @@ class Celo2Base(LearnedOptimizer):
         for group, params, grads in self._sanitized_entries(self.clip_norm if self.clip_grad else None,
                                                             self.upstream_nan_to_num):
             for device, ps, gs, mask, states in self._device_parts(group, params, grads):
-                celo2(ps, gs, states, mask, network=self.network_on(device),
-                      decays=self._decays.of_group(group, device), settings=self._settings(group),
-                      backend=self.backend_for(group, device), workspaces=self._workspaces)
+                for sharded in (False, True):
+                    idx = [i for i, p in enumerate(ps) if is_dtensor(p) is sharded]
+                    if idx:
+                        self._update(group, device, [ps[i] for i in idx], [gs[i] for i in idx],
+                                     [mask[i] for i in idx], [states[i] for i in idx], sharded)
         return loss
+
+    def _update(self, group, device, params, grads, mask, states, sharded: bool) -> None:
+        """One :func:`~pylo.optim.celo2.functional.celo2` call; DTensor parameters (``sharded``) step their
+        local shards on the naive backend, with their splits (:mod:`pylo.optim.sharded`)."""
+        backend, splits = self.backend_for(group, device), None
+        if sharded:
+            backend, splits = "naive", [self._split_for(group, p) for p in params]
+            params, states = [local_tensor(p) for p in params], [local_state(st) for st in states]
+        celo2(params, grads, states, mask, network=self.network_on(device),
+              decays=self._decays.of_group(group, device), settings=self._settings(group), backend=backend,
+              workspaces=self._workspaces, splits=splits)

@@ -32,7 +32,6 @@ from __future__ import annotations
 from typing import Optional
 
 from pylo.core.chunked import DEFAULT_CHUNK
-from pylo.core.layout import to_work
 from pylo.models.celo2_mlp import CELO2MLP, build_celo2_mlp
 from pylo.models.loading import NetworkSpec
 from pylo.optim.base import check_number
@@ -126,7 +125,7 @@ class CELO2_naive(Celo2Base):
             if routed:
                 init_adamw(state, p)
             else:
-                init_accumulators(state, to_work(p, group["kernel_layout"]), decays)
+                init_accumulators(state, p, group["kernel_layout"], decays)
         return states
 
 

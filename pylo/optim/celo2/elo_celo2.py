@@ -23,7 +23,6 @@ from __future__ import annotations
 from typing import Optional
 
 from pylo.core.chunked import DEFAULT_CHUNK
-from pylo.core.layout import to_work
 from pylo.models.celo2_mlp import CELO2MLP, build_celo2_mlp
 from pylo.models.loading import NetworkSpec
 from pylo.optim.celo2.base import Celo2Base
@@ -87,7 +86,7 @@ class ELO_CELO2_naive(Celo2Base):
         decays = self._decays.of_group(group, device)
         states = [self.state[p] for p in params]
         for p, state in zip(params, states):
-            init_accumulators(state, to_work(p, group["kernel_layout"]), decays)
+            init_accumulators(state, p, group["kernel_layout"], decays)
         return states
 
 

@@ -24,12 +24,18 @@ class Celo2Engine(Engine):
     """
 
     def __init__(self, settings: Settings, network: torch.nn.Module, decays: Sequence[torch.Tensor],
-                 workspaces: Optional[Dict] = None):
+                 workspaces: Optional[Dict] = None, splits: Optional[Dict[int, object]] = None):
         self.settings = settings
         self.network = network
         self.decays = tuple(decays)
         #: buffers an engine keeps between steps (the optimizer's ``_workspaces``)
         self.workspaces = {} if workspaces is None else workspaces
+        #: ``id(tensor) -> Split`` of the tensors that are one rank's part of a sharded parameter (naive only)
+        self.splits = splits or {}
+
+    def splits_of(self, tensors: Sequence[torch.Tensor]) -> List:
+        """The :class:`~pylo.core.reduce.Split` (or None) of each of ``tensors``."""
+        return [self.splits.get(id(t)) for t in tensors]
 
     def finish(self, prepared, routed: Optional[Tensors] = None) -> None:
         if prepared is not None:

@@ -23,18 +23,22 @@ ENGINES = engine_table({"naive": NaiveEngine, "foreach": ForeachEngine, "fused":
 
 def celo2(params: List[torch.Tensor], grads: List[torch.Tensor], states: List[Dict], adamw_mask: Sequence[bool], *,
           network: torch.nn.Module, decays: Sequence[torch.Tensor], settings: Settings, backend: str = "naive",
-          workspaces: Optional[Dict] = None) -> None:
+          workspaces: Optional[Dict] = None, splits: Optional[Sequence] = None) -> None:
     """One CELO2 / ELO-CELO2 step of ``params`` (one group, one device), in place.
 
     ``grads`` are float32 and already clipped as the optimizer clips them; ``adamw_mask[i]`` sends
     parameter ``i`` to the AdamW path (``settings.adamw``), the rest take the learned path.
     ``decays`` are the (momentum, RMS, Adafactor) decays as float32 tensors on the device;
     ``workspaces`` keeps an engine's reusable buffers between calls. Every backend computes the
-    same update within float32 round-off.
+    same update within float32 round-off. ``splits`` (naive backend only): per tensor, the
+    :class:`~pylo.core.reduce.Split` of one rank's part of a sharded parameter, or None.
     """
     if backend not in ENGINES:
         raise ValueError(f"backend must be one of {tuple(ENGINES)}, got {backend!r}")
-    engine = ENGINES[backend](settings, network, decays, workspaces)
+    if splits is not None and backend != "naive":
+        raise ValueError(f"sharded tensors (splits) step on the naive backend, not {backend!r}")
+    by_id = {id(p): s for p, s in zip(params, splits or ()) if s is not None}
+    engine = ENGINES[backend](settings, network, decays, workspaces, by_id)
 
     def pick(routed: bool):
         idx = [i for i, r in enumerate(adamw_mask) if bool(r) is routed]

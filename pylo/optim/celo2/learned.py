@@ -19,6 +19,7 @@ from pylo.core.clipping import clamp_elementwise
 from pylo.core.features import hyper_feature_groups, second_moment_normalize
 from pylo.core.layout import to_work
 from pylo.core.orthogonalize import newton_schulz
+from pylo.core.reduce import Split
 from pylo.optim.celo2.constants import NORMALIZER_EPS, PARAM_SCALE_EPS, RMS_EPS
 from pylo.optim.celo2.settings import LearnedStep
 
@@ -34,20 +35,22 @@ def work_tensors(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], 
 
 
 def accumulate(gws: List[torch.Tensor], states: List[Dict], decays: Sequence[torch.Tensor],
-               foreach: bool) -> List[torch.Tensor]:
-    """Update every tensor's accumulators in place (and count its step); return the ``fac_g``s."""
+               foreach: bool, splits: Optional[Sequence[Optional[Split]]] = None) -> List[torch.Tensor]:
+    """Update every tensor's accumulators in place (and count its step); return the ``fac_g``s.
+    ``splits``: per tensor, the :class:`~pylo.core.reduce.Split` of one rank's part of a sharded one."""
     mom_d, rms_d, fac_d = decays
+    splits = splits or [None] * len(gws)
     if foreach:
         acc.update_momentum_foreach([s["mom"] for s in states], gws, mom_d)
         acc.update_rms_foreach([s["rms"] for s in states], gws, rms_d)
-        fac_gs = [acc.update_factored(s["fac_row"], s["fac_col"], s["fac_diag"], g, fac_d)
-                  for g, s in zip(gws, states)]
+        fac_gs = [acc.update_factored(s["fac_row"], s["fac_col"], s["fac_diag"], g, fac_d, split)
+                  for g, s, split in zip(gws, states, splits)]
         if states:
             torch._foreach_add_([s["step"] for s in states], 1)
         return fac_gs
     fac_gs = []
-    for g, s in zip(gws, states):
-        fac_gs.append(acc.AccumulatorSet.update(s, g, mom_d, rms_d, fac_d))
+    for g, s, split in zip(gws, states, splits):
+        fac_gs.append(acc.AccumulatorSet.update(s, g, mom_d, rms_d, fac_d, split))
         s["step"] += 1
     return fac_gs
 
@@ -57,34 +60,48 @@ def norm_axes(pw: torch.Tensor) -> List[int]:
     return list(range(pw.dim()))[-2:]
 
 
-def learned_inputs(pw: torch.Tensor, gw: torch.Tensor, state: Dict, fac_g: torch.Tensor) -> List[torch.Tensor]:
+def learned_inputs(pw: torch.Tensor, gw: torch.Tensor, state: Dict, fac_g: torch.Tensor,
+                   split: Optional[Split] = None) -> List[torch.Tensor]:
     """The normalised feature groups of one tensor: 14 for rank >= 2, 9 below."""
     groups = hyper_feature_groups(pw, gw, state["mom"], state["rms"], fac_g, state["fac_row"], state["fac_col"],
-                                  state["fac_diag"], rms_eps=RMS_EPS, diag_groups=False)
+                                  state["fac_diag"], rms_eps=RMS_EPS, diag_groups=False, split=split)
     axes = norm_axes(pw)
-    return [second_moment_normalize(x, axes, NORMALIZER_EPS) for x in groups]
+    return [second_moment_normalize(x, axes, NORMALIZER_EPS, split) for x in groups]
 
 
-def step_from_output(out: torch.Tensor, pw: torch.Tensor, cfg: LearnedStep) -> torch.Tensor:
-    """MLP output ``(S..., >=2)`` -> the step of one tensor (before lr and weight decay)."""
+def step_from_output(out: torch.Tensor, pw: torch.Tensor, cfg: LearnedStep, split: Optional[Split] = None
+                     ) -> torch.Tensor:
+    """MLP output ``(S..., >=2)`` -> the step of one tensor (before lr and weight decay).
+
+    Of one rank's part of a sharded matrix (``split`` one of its last two axes), Newton-Schulz and the
+    output normaliser run on the whole step, gathered once; each rank keeps its part.
+    """
     direction, magnitude = out[..., 0], out[..., 1]
     mag = torch.exp(magnitude * cfg.exp_mult)
     if cfg.param_scale_mult:
-        step = direction * (torch.sqrt(reduce.mean_square(pw) + PARAM_SCALE_EPS) * mag)
+        step = direction * (torch.sqrt(reduce.mean_square(pw, split) + PARAM_SCALE_EPS) * mag)
     else:
         step = direction * mag
-    if cfg.orthogonalize and step.dim() >= 2:
+    axes = norm_axes(pw)
+    orthogonal = cfg.orthogonalize and step.dim() >= 2
+    if orthogonal and split is not None and split.dim in axes:
+        whole = newton_schulz(reduce.gather_split(step, split), cfg.ns_coeffs, cfg.ns_iters, cfg.ns_eps)
+        return reduce.local_part(second_moment_normalize(whole, axes, NORMALIZER_EPS) * cfg.rmsmult, split)
+    if orthogonal:
         step = newton_schulz(step, cfg.ns_coeffs, cfg.ns_iters, cfg.ns_eps)
-    return second_moment_normalize(step, norm_axes(pw), NORMALIZER_EPS) * cfg.rmsmult
+    return second_moment_normalize(step, axes, NORMALIZER_EPS, split) * cfg.rmsmult
 
 
 def learned_steps(pws: List[torch.Tensor], gws: List[torch.Tensor], states: List[Dict],
                   fac_gs: List[torch.Tensor], network: torch.nn.Module, cfg: LearnedStep,
-                  foreach: bool) -> List[torch.Tensor]:
-    """The CELO2 step of every tensor. ``foreach`` runs the MLP once per group count over all tensors."""
-    inputs = [learned_inputs(pw, gw, s, fg) for pw, gw, s, fg in zip(pws, gws, states, fac_gs)]
+                  foreach: bool, splits: Optional[Sequence[Optional[Split]]] = None) -> List[torch.Tensor]:
+    """The CELO2 step of every tensor. ``foreach`` runs the MLP once per group count over all tensors
+    (tensors with a split, one rank's part of a sharded parameter: naive only)."""
     if not foreach:
-        return [step_from_output(network(x), pw, cfg) for x, pw in zip(inputs, pws)]
+        splits = splits or [None] * len(pws)
+        return [step_from_output(network(learned_inputs(pw, gw, s, fg, sp)), pw, cfg, sp)
+                for pw, gw, s, fg, sp in zip(pws, gws, states, fac_gs, splits)]
+    inputs = [learned_inputs(pw, gw, s, fg) for pw, gw, s, fg in zip(pws, gws, states, fac_gs)]
     outs: List[Optional[torch.Tensor]] = [None] * len(pws)
     for n_groups in sorted({len(x) for x in inputs}):
         idx = [i for i, x in enumerate(inputs) if len(x) == n_groups]

@@ -89,7 +89,7 @@ class Controller:
         raise NotImplementedError
 
     @staticmethod
-    def tensor_inputs(p, mom, rms, fraction_features, loss_features) -> torch.Tensor:
+    def tensor_inputs(p, mom, rms, fraction_features, loss_features, split=None) -> torch.Tensor:
         raise NotImplementedError
 
     @staticmethod
@@ -118,17 +118,20 @@ class VeLOController(Controller):
         return velo_lstm_input_size(k_mom, k_rms)
 
     @staticmethod
-    def tensor_inputs(p, mom, rms, fraction_features, loss_features) -> torch.Tensor:
-        """One tensor's input (work-layout ``p``, accumulators with a trailing decay axis)."""
-        norm_mult = torch.rsqrt(torch.clamp_min(reduce.mean_square(p), 1e-9))
+    def tensor_inputs(p, mom, rms, fraction_features, loss_features, split=None) -> torch.Tensor:
+        """One tensor's input (work-layout ``p``, accumulators with a trailing decay axis; ``split``: ``p``
+        is one rank's part of a sharded tensor, :class:`pylo.core.reduce.Split`)."""
+        norm_mult = torch.rsqrt(torch.clamp_min(reduce.mean_square(p, split), 1e-9))
         mom = mom * norm_mult
         rms = rms * norm_mult
         axes = range(p.dim())
-        mean_m = reduce.mean_over(mom, axes, keepdim=True)
-        mean_rms = reduce.mean_over(rms, axes, keepdim=True).reshape(rms.shape[-1])
-        var_m = reduce.mean_over(torch.square(mom - mean_m), axes)
-        var_rms = reduce.mean_over(torch.square(rms - mean_m), axes)  # centred on the momentum's mean, as upstream
-        return _velo_vector(fraction_features, loss_features, p.shape, mean_rms, var_m, var_rms)
+        mean_m = reduce.mean_over(mom, axes, keepdim=True, split=split)
+        mean_rms = reduce.mean_over(rms, axes, keepdim=True, split=split).reshape(rms.shape[-1])
+        var_m = reduce.mean_over(torch.square(mom - mean_m), axes, split=split)
+        # centred on the momentum's mean, as upstream
+        var_rms = reduce.mean_over(torch.square(rms - mean_m), axes, split=split)
+        return _velo_vector(fraction_features, loss_features, reduce.global_shape(p.shape, split), mean_rms,
+                            var_m, var_rms)
 
     @staticmethod
     def moment_inputs(moments: TensorMoments, fraction_features, loss_features) -> torch.Tensor:
@@ -160,7 +163,7 @@ class CeloController(Controller):
         return celo_lstm_input_size()
 
     @staticmethod
-    def tensor_inputs(p, mom, rms, fraction_features, loss_features) -> torch.Tensor:
+    def tensor_inputs(p, mom, rms, fraction_features, loss_features, split=None) -> torch.Tensor:
         return torch.cat([fraction_features, loss_features])
 
     @staticmethod
@@ -190,8 +193,8 @@ class LSTMInputs:
         """Whether the inputs read the momentum / RMS statistics (else only ``mean(p^2)`` is gathered)."""
         return self.controller.reads_moments
 
-    def tensor(self, p: torch.Tensor, mom: torch.Tensor, rms: torch.Tensor) -> torch.Tensor:
-        return self.controller.tensor_inputs(p, mom, rms, self.fraction_features, self.loss_features)
+    def tensor(self, p: torch.Tensor, mom: torch.Tensor, rms: torch.Tensor, split=None) -> torch.Tensor:
+        return self.controller.tensor_inputs(p, mom, rms, self.fraction_features, self.loss_features, split)
 
     def moments(self, moments: TensorMoments) -> torch.Tensor:
         return self.controller.moment_inputs(moments, self.fraction_features, self.loss_features)

@@ -7,7 +7,7 @@ parameter update stay tensor by tensor (:mod:`.naive`). Same arithmetic, same re
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Sequence
 
 import torch
 
@@ -20,12 +20,12 @@ class ForeachEngine(NaiveEngine):
 
     name = "foreach"
 
-    def _accumulate(self, grads: List[torch.Tensor], states: List[Dict]) -> None:
+    def _accumulate(self, grads: List[torch.Tensor], states: List[Dict], splits: Sequence) -> None:
         mom_d, rms_d, fac_d = self.s.decays
         acc.update_momentum_foreach([s["mom"] for s in states], grads, mom_d)
         acc.update_rms_foreach([s["rms"] for s in states], grads, rms_d)
-        for gw, state in zip(grads, states):
-            acc.update_factored(state["fac_row"], state["fac_col"], state["fac_diag"], gw, fac_d)
+        for gw, state, split in zip(grads, states, splits):
+            acc.update_factored(state["fac_row"], state["fac_col"], state["fac_diag"], gw, fac_d, split)
 
     def _interpolated(self, controls: torch.Tensor) -> Callable[[int], List[torch.Tensor]]:
         """Every tensor's MLP weights in one batched product, unflattened per tensor."""

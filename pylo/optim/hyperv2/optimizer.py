@@ -11,6 +11,9 @@ architecture of VeLO and Celo. Per :meth:`HyperV2Optimizer.step` (``g`` the grad
 3. :func:`.functional.hyperv2` runs the update: accumulators, one LSTM step over all tensors
    (:mod:`.controller`), each tensor's controls-weighted MLP and ``p <- p - lr * step``.
 
+DTensor parameters (FSDP2, HSDP, tensor parallel) are stepped shard-wise (:mod:`pylo.optim.sharded`)
+unless gradients are averaged over calls (``max_training_steps``), then gathered whole.
+
 The per-tensor LSTM state lives with each parameter's state, so parameters without a gradient
 (or frozen) simply sit a step out, and parameters added later start from the learned initial
 state. The optimizer-wide state (iteration, loss buffer) lives under ``"hyper_v2"`` in the state of
@@ -40,7 +43,8 @@ from pylo.optim.hyperv2.constants import GLOBAL_STATE_KEY, WEIGHT_DECAY_MODES
 from pylo.optim.hyperv2.controller import Controller, LSTMInputs
 from pylo.optim.hyperv2.functional import ENGINES, Part, hyperv2
 from pylo.optim.hyperv2.settings import EngineSettings
-from pylo.optim.hyperv2.state import effective_decays, init_global_state, init_param_state
+from pylo.optim.hyperv2.state import effective_decays, init_global_state, init_param_state, init_sharded_state
+from pylo.optim.sharded import is_dtensor, local_state, local_tensor
 from pylo.spec.features import hyper_group_widths
 from pylo.spec.shapes import KERNEL_LAYOUTS
 
@@ -82,6 +86,7 @@ class HyperV2Optimizer(LearnedOptimizer):
     """
 
     default_backend: Optional[str] = TORCH_DEFAULT
+    shard_wise = True
 
     def __init__(self, params, *, network: HyperNetwork, controller: Controller, num_steps: int, lr, exp_mult,
                  step_mult, weight_decay, weight_decay_mode: str, momentum_decays, rms_decays, adafactor_decays,
@@ -160,10 +165,11 @@ class HyperV2Optimizer(LearnedOptimizer):
         main = items[0][1].device
         loss_t = prefab.loss_tensor(loss, main, self.display_name, self.all_reduce_loss)
         grads = [g for _, _, g in items]
+        splits = [self._split_for(group, p) for group, p, _ in items]
         if self.clip_grad:
-            grads = clip_by_global_norm(grads, self.max_grad_norm)
+            grads = clip_by_global_norm(grads, self.max_grad_norm, splits)
         if self.weight_decay_mode == "prefab" and any(group["weight_decay"] for group, _, _ in items):
-            loss_t, grads = prefab.weight_decay(items, grads, loss_t)
+            loss_t, grads = prefab.weight_decay(items, grads, loss_t, splits)
         if self.nonfinite_grads == "raise":
             prefab.check_loss(loss_t, self.display_name)
         items = [(group, p, g) for (group, p, _), g in zip(items, grads)]
@@ -180,6 +186,9 @@ class HyperV2Optimizer(LearnedOptimizer):
         if items:
             self._init_group(items, self.network_on(items[0][1].device).rnn)
             self._global_state()
+
+    def _steps_shard_wise(self, group, p) -> bool:
+        return self.num_average == 1 and super()._steps_shard_wise(group, p)
 
     def _global_holder(self) -> torch.Tensor:
         """The parameter whose state holds the optimizer-wide entry: always the first one, with or without
@@ -225,7 +234,10 @@ class HyperV2Optimizer(LearnedOptimizer):
             state = self.state[p]
             if "mom" not in state:
                 counts = tuple(len(group[f"{k}_decays"]) for k in DECAY_KINDS)
-                init_param_state(state, to_work(p, group["kernel_layout"]), counts, rnn)
+                if is_dtensor(p):
+                    init_sharded_state(state, p, self._split_for(group, p), group["kernel_layout"], counts, rnn)
+                else:
+                    init_param_state(state, to_work(p, group["kernel_layout"]), counts, rnn)
 
     def _backend_for(self, group, device: torch.device) -> str:
         choice = group["backend"]
@@ -245,16 +257,22 @@ class HyperV2Optimizer(LearnedOptimizer):
             workspaces=self._workspaces)
 
     def _parts(self, items, fraction_features, loss_features) -> List[Part]:
-        """The items grouped by (param group, device, backend), in order of first appearance."""
+        """The items grouped by (param group, device, backend), in order of first appearance; DTensor
+        parameters form parts of their own: their local shards on the naive backend, with their splits."""
         buckets: Dict[Tuple[int, torch.device, str], List[int]] = {}
         for i, (group, p, _) in enumerate(items):
-            buckets.setdefault((id(group), p.device, self._backend_for(group, p.device)), []).append(i)
+            backend = "sharded" if is_dtensor(p) else self._backend_for(group, p.device)
+            buckets.setdefault((id(group), p.device, backend), []).append(i)
         parts = []
         for (_, device, backend), idx in buckets.items():
             inputs = LSTMInputs(self.controller, fraction_features.to(device), loss_features.to(device))
-            params = [items[i][1] for i in idx]
-            parts.append(Part(backend, idx, params, [items[i][2] for i in idx], [self.state[p] for p in params],
-                              self._settings(items[idx[0]][0], device, inputs)))
+            group, params = items[idx[0]][0], [items[i][1] for i in idx]
+            settings = self._settings(group, device, inputs)
+            states = [self.state[p] for p in params]
+            if backend == "sharded":
+                backend, settings.splits = "naive", [self._split_for(group, p) for p in params]
+                params, states = [local_tensor(p) for p in params], [local_state(st) for st in states]
+            parts.append(Part(backend, idx, params, [items[i][2] for i in idx], states, settings))
         return parts
 
     def _update(self, items, loss_t, main) -> None:

@@ -15,6 +15,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 
 from pylo.core import reduce
+from pylo.optim.sharded import local_tensor
 
 def missing_loss(name: str) -> TypeError:
     return TypeError(f"{name}.step() needs the training loss: its LSTM reads the loss history. "
@@ -47,15 +48,21 @@ def check_loss(loss_t: torch.Tensor, name: str) -> None:
         raise ValueError(f"{name}: the loss is not finite ({value}): step not taken, parameters "
                          "and optimizer state unchanged")
 
-def weight_decay(items, grads: List[torch.Tensor], loss_t: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor]]:
-    """learned_optimization's ``WeightDecayWrapper``: ``g + wd*p`` and ``loss + sum(wd * sum(p^2))``."""
-    penalty = None
-    out = []
+def weight_decay(items, grads: List[torch.Tensor], loss_t: torch.Tensor, splits: Optional[List] = None
+                 ) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+    """learned_optimization's ``WeightDecayWrapper``: ``g + wd*p`` and ``loss + sum(wd * sum(p^2))``
+    (``splits``: which parameters are one rank's part of a sharded tensor; their sums cover all ranks)."""
+    out, squares = [], []
     for (group, p, _), g in zip(items, grads):
         wd = group["weight_decay"]
-        pf = p.detach().to(torch.float32)
+        pf = local_tensor(p).detach().to(torch.float32)
         out.append(g + wd * pf if wd else g)
-        term = reduce.sum_squares(pf).to(loss_t.device) * wd
+        squares.append(reduce.sum_squares(pf))
+    if splits is not None:
+        squares = reduce.all_reduce_leaves(squares, splits)
+    penalty = None
+    for (group, _, _), sq in zip(items, squares):
+        term = sq.to(loss_t.device) * group["weight_decay"]
         penalty = term if penalty is None else penalty + term
     return loss_t + penalty, out
 

@@ -8,7 +8,7 @@ nothing else.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
@@ -26,7 +26,9 @@ class EngineSettings:
     ``inputs``: the controller's LSTM inputs with this step's shared features; ``step = lr_mult *
     d * param_scale * exp(mu * exp_mult) * step_mult`` (``lr_mult`` when ``use_lr_mult``), and
     ``p <- p - lr * (step + weight_decay * p)``; ``interp_mult`` scales the interpolated MLP;
-    ``chunk_size`` bounds the fused backend's slabs, whose buffers live in ``workspaces``.
+    ``chunk_size`` bounds the fused backend's slabs, whose buffers live in ``workspaces``;
+    ``splits`` (naive engine only): per tensor, the :class:`~pylo.core.reduce.Split` of one rank's part
+    of a sharded parameter, or None.
     """
 
     decays: Tuple[torch.Tensor, torch.Tensor, torch.Tensor]
@@ -43,6 +45,7 @@ class EngineSettings:
     chunk_size: int
     device: torch.device
     workspaces: Dict = field(default_factory=dict)
+    splits: Optional[List] = None
 
     @property
     def decay_counts(self) -> Tuple[int, int, int]:
