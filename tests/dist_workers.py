@@ -206,3 +206,32 @@ def mulo_fsdp2_worker(rank: int, world: int, store: str, out: str, steps: int) -
         x, y = data()
         train_mulo(module, steps, x, y)
         torch.save(whole_params(module), Path(out) / f"rank{rank}.pt")
+
+
+def nan_shard_worker(rank: int, world: int, store: str, out: str, name: str) -> None:
+    """FSDP2, a NaN in the gradient's last element only (on the last rank's shard): every rank must
+    refuse the step with the same message and keep its parameters; each rank saves what it saw."""
+    from torch.distributed.fsdp import fully_shard
+
+    from pylo.optim.base import NonFiniteGradientError
+    from pylo.parity_tests.optim_db import get
+
+    with process_group(rank, world, store):
+        module = Shapes()
+        fully_shard(module)
+        opt = get(name).build(list(module.named_parameters()))
+        train_shapes(module, opt, 1)
+        before = whole_params(module)
+        opt.zero_grad()
+        loss = module(1)
+        loss.backward()
+        grad = module.wide.grad.to_local()
+        if rank == world - 1:
+            grad.view(-1)[-1] = float("nan")
+        try:
+            opt.step(loss=loss.detach())
+            message = None
+        except NonFiniteGradientError as e:
+            message = str(e)
+        unchanged = all(torch.equal(before[k], v) for k, v in whole_params(module).items())
+        torch.save({"message": message, "unchanged": unchanged}, Path(out) / f"rank{rank}.pt")

@@ -103,9 +103,40 @@ def statistics_floor(shapes) -> int:
     return total
 
 
+def _one_run(info, shapes, backend: str, shard_wise: bool, timed_steps: int = 3) -> Dict:
+    """One FSDP2 module and optimizer: the bytes of FSDP2's forward/backward and of one step, then the
+    median wall time of ``timed_steps`` more steps. ``shard_wise=False``: the gather-whole fallback."""
+    import time
+
+    from torch.distributed.fsdp import fully_shard
+
+    module = _Workload(shapes)
+    fully_shard(module)
+    opt = info.naive(module.parameters(), network=info.make_network(), **info.bench_kwargs,
+                     **info.backend_kwargs(backend))
+    opt.shard_wise = shard_wise
+
+    def step(loss):
+        opt.step(loss.detach()) if info.needs_loss else opt.step()
+
+    with CollectiveBytes() as fsdp:
+        loss = module()
+        loss.backward()
+    with CollectiveBytes() as moved:
+        step(loss)
+    times = []
+    for _ in range(timed_steps):
+        opt.zero_grad()
+        loss = module()
+        loss.backward()
+        start = time.perf_counter()
+        step(loss)
+        times.append(1e3 * (time.perf_counter() - start))
+    return {"step": dict(moved.bytes), "fsdp": dict(fsdp.bytes), "step_ms": sorted(times)[len(times) // 2]}
+
+
 def _worker(rank: int, world: int, store: str, out: str, shapes, names: List[str], backend: str) -> None:
     import torch.distributed as dist
-    from torch.distributed.fsdp import fully_shard
 
     from pylo.parity_tests import optim_db
 
@@ -115,16 +146,10 @@ def _worker(rank: int, world: int, store: str, out: str, shapes, names: List[str
         rows = []
         for name in names:
             info = optim_db.get(name)
-            module = _Workload(shapes)
-            fully_shard(module)
-            opt = info.naive(module.parameters(), network=info.make_network(), **info.bench_kwargs,
-                             **info.backend_kwargs(backend))
-            with CollectiveBytes() as fsdp:
-                loss = module()
-                loss.backward()
-            with CollectiveBytes() as step:
-                opt.step(loss.detach()) if info.needs_loss else opt.step()
-            rows.append({"optimizer": name, "backend": backend, "step": dict(step.bytes), "fsdp": dict(fsdp.bytes)})
+            sharded = _one_run(info, shapes, backend, True)
+            gathered = _one_run(info, shapes, backend, False)
+            rows.append({"optimizer": name, "backend": backend, **sharded,
+                         "gathered": {"step": gathered["step"], "step_ms": gathered["step_ms"]}})
         if rank == 0:
             Path(out).write_text(json.dumps(rows))
     finally:
@@ -146,16 +171,20 @@ def run(workload: str, shapes, names: List[str], backend: str = "fused", world: 
 
 
 def table(result: Dict) -> str:
-    """The measurement as a text table (kB per rank per step)."""
-    mb = 1e3
+    """The measurement as a text table (kB per rank per step; step time on rank 0)."""
+    kb = 1e3
     lines = [f"{result['workload']}: {result['params'] / 1e6:.2f} M parameters, {result['world']} ranks (FSDP2); "
              f"statistics floor {result['statistics_floor_bytes'] / 1e3:.1f} kB",
-             f"{'optimizer':<10} {'backend':<8} {'step kB':>10} {'FSDP2 grad RS kB':>17} {'FSDP2 AG kB':>12} "
-             f"{'step / RS':>10}"]
+             "shard-wise: each rank steps its shard (naive arithmetic), statistics all-reduced; "
+             "gathered: whole parameter and gradient gathered, the backend's engine on the whole tensor",
+             f"{'optimizer':<10} {'backend':<8} {'step kB':>10} {'step ms':>8} {'gathered kB':>12} "
+             f"{'gathered ms':>12} {'FSDP2 grad RS kB':>17} {'FSDP2 AG kB':>12} {'step / RS':>10}"]
     for r in result["rows"]:
         step = sum(r["step"].values())
         rs = r["fsdp"].get("reduce_scatter", 0)
         ratio = f"{step / rs:.2f}" if rs else "—"
-        lines.append(f"{r['optimizer']:<10} {r['backend']:<8} {step / mb:>10.1f} {rs / mb:>17.1f} "
-                     f"{r['fsdp'].get('all_gather', 0) / mb:>12.1f} {ratio:>10}")
+        gathered = r["gathered"]
+        lines.append(f"{r['optimizer']:<10} {r['backend']:<8} {step / kb:>10.1f} {r['step_ms']:>8.1f} "
+                     f"{sum(gathered['step'].values()) / kb:>12.1f} {gathered['step_ms']:>12.1f} {rs / kb:>17.1f} "
+                     f"{r['fsdp'].get('all_gather', 0) / kb:>12.1f} {ratio:>10}")
     return "\n".join(lines)

@@ -17,6 +17,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import torch
 
 from pylo.core import accumulators as acc
+from pylo.core.reduce import Split, global_shape, mean_over
 from pylo.spec.shapes import factored_dims
 
 
@@ -54,16 +55,17 @@ class Workspace:
 
 
 def adafactor_tables(state: Dict[str, torch.Tensor], g: torch.Tensor, fac_b: torch.Tensor,
-                     clip: Optional[float] = None) -> Optional[Dict]:
+                     clip: Optional[float] = None, split: Optional[Split] = None) -> Optional[Dict]:
     """Update a factored tensor's ``v_row``/``v_col`` in place and return its small tables.
 
     ``None`` for tensors that are not factored (rank < 2). ``g`` is the work-layout
     gradient, clipped element-wise to ``[-clip, clip]`` first when ``clip`` is given
     (VeLO, Celo). The tables are those the features broadcast: ``v_row``, ``v_col``,
     their ``rsqrt(. + 1e-8)`` and the Adafactor factors; ``g*g`` is the only
-    per-element temporary.
+    per-element temporary. ``split``: ``g`` is one rank's part of a sharded tensor (factored axes are
+    the whole tensor's; means over the split axis sum over the ranks).
     """
-    dims = factored_dims(tuple(g.shape))
+    dims = factored_dims(global_shape(g.shape, split))
     if dims is None:
         return None
     d1, d0 = dims
@@ -73,14 +75,15 @@ def adafactor_tables(state: Dict[str, torch.Tensor], g: torch.Tensor, fac_b: tor
         grad_sqr = torch.clamp(g, -clip, clip)
         grad_sqr.mul_(grad_sqr)
     grad_sqr.add_(acc.FACTORED_EPS)
-    state["fac_row"].mul_(fac_b).add_((1 - fac_b) * grad_sqr.mean(dim=d0).unsqueeze(-1))
-    state["fac_col"].mul_(fac_b).add_((1 - fac_b) * grad_sqr.mean(dim=d1).unsqueeze(-1))
+    state["fac_row"].mul_(fac_b).add_((1 - fac_b) * mean_over(grad_sqr, (d0,), split=split).unsqueeze(-1))
+    state["fac_col"].mul_(fac_b).add_((1 - fac_b) * mean_over(grad_sqr, (d1,), split=split).unsqueeze(-1))
     del grad_sqr
     v_row, v_col = state["fac_row"], state["fac_col"]
     reduced_d1 = d1 - 1 if d1 > d0 else d1
     return {"dims": dims, "v_row": v_row, "v_col": v_col,
             "row_rsqrt": torch.rsqrt(v_row + 1e-8), "col_rsqrt": torch.rsqrt(v_col + 1e-8),
-            "row_fac": acc.safe_rsqrt(v_row / (v_row.mean(dim=reduced_d1, keepdim=True) + 1e-9)),
+            "row_fac": acc.safe_rsqrt(v_row / (mean_over(v_row, (reduced_d1,), keepdim=True,
+                                                         split=split and split.without(d0)) + 1e-9)),
             "col_fac": acc.safe_rsqrt(v_col)}
 
 
@@ -107,7 +110,8 @@ def broadcast_table(table: torch.Tensor, shape: Sequence[int], dims: Tuple[int, 
 def table_sumsq(tables: Dict, shape: Sequence[int], names: Sequence[str]) -> torch.Tensor:
     """Per channel, the sum of squares of each named table broadcast over ``shape`` (concatenated).
 
-    Each table entry repeats along the one axis it was reduced over.
+    Each table entry repeats along the one axis it was reduced over. Of one rank's part of a sharded
+    tensor (local ``shape`` and tables) it is that part's share: the ranks' shares sum to the whole.
     """
     d1, d0 = tables["dims"]
     out = []

@@ -208,17 +208,20 @@ def merge_sums(partial: torch.Tensor) -> torch.Tensor:
     return partial.sum(dim=0)
 
 
-def merge_moments(sums: torch.Tensor, m2: torch.Tensor, counts: torch.Tensor, n: int):
+def merge_moments(sums: torch.Tensor, m2: torch.Tensor, counts: torch.Tensor, n: int,
+                  split: Optional[Split] = None):
     """Mean and population variance of a whole tensor from per-block sums and centred second moments.
 
     ``sums``, ``m2`` (each block's sum of squared deviations from its own mean):
     ``(blocks, channels)``; ``counts``: ``(blocks,)``; ``n``: the elements in all. The blocks'
     moments are merged with the spread of the block means (Chan et al.), which never cancels.
+    With a ``split`` the blocks are this rank's and ``n`` the whole tensor's: the totals and the
+    spreads around the whole mean are summed over the ranks (two all-reduces of ``channels``).
     """
-    mean = sums.sum(dim=0) / n
+    mean = all_reduce_sum(sums.sum(dim=0), split) / n
     block_mean = sums / counts.unsqueeze(-1)
     spread = counts.unsqueeze(-1) * torch.square(block_mean - mean)
-    return mean, (m2 + spread).sum(dim=0) / n
+    return mean, all_reduce_sum((m2 + spread).sum(dim=0), split) / n
 
 
 def norm_over(x: torch.Tensor, dims: Sequence[int], keepdim: bool = False) -> torch.Tensor:

@@ -146,7 +146,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
         grads = [local_tensor(p.grad) for group in self.param_groups for p in group["params"] if p.grad is not None]
         return bool(grads) and not any(bool(torch.count_nonzero(g)) for g in grads)
 
-    #: whether the family steps DTensor parameters shard by shard (:mod:`pylo.optim.sharded`)
+    #: whether DTensor parameters are stepped shard by shard (:mod:`pylo.optim.sharded`); set it to
+    #: False on an optimizer before its first step to gather them whole instead (state replicated)
     shard_wise = False
 
     def _steps_shard_wise(self, group: Dict, p: torch.Tensor) -> bool:
@@ -221,13 +222,16 @@ class LearnedOptimizer(torch.optim.Optimizer):
             by_device.setdefault(g.device, []).append(ok)
         if all(bool(torch.stack(oks).all()) for oks in by_device.values()):
             return
+        nonfinite = [(~torch.isfinite(g).all()).to(torch.float32) for g in grads]
+        if any(splits):  # every rank names the same cause
+            nonfinite = all_reduce_leaves(nonfinite, splits, op="max")
         bad, overflow, i = [], False, 0
         for group, params, gs in entries:
             names = dict(zip(map(id, group["params"]), group.get("param_names", [])))
             for p, g in zip(params, gs):
                 if not bool(finite_sq[i]):
                     bad.append(repr(names[id(p)]) if id(p) in names else f"#{i} {tuple(p.shape)}")
-                    overflow = overflow or bool(torch.isfinite(g).all())
+                    overflow = overflow or not bool(nonfinite[i])
                 i += 1
         what = ("a gradient too large for float32 (its square overflows)" if overflow
                 else "non-finite gradient (NaN or Inf)")

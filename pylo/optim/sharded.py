@@ -4,18 +4,25 @@ Every pylo update reads whole-tensor statistics: factored means over rows and co
 normalisers, VeLO/Celo's per-tensor LSTM features, CELO2's Newton-Schulz over whole matrices. Two
 ways to get them on a sharded parameter:
 
-* **Shard-wise** (the AdafacLO family: AdafacLO, ELO): each rank steps its own shard; every
-  reduction over the split axis is a partial reduction plus an all-reduce of the reduced
-  statistics (:class:`pylo.core.reduce.Split`), so a step moves O(rows + columns) bytes per matrix.
-  The element-wise state (momenta, RMS) is held as DTensors with the parameter's placements; the
-  factored row/column statistics are sharded or replicated as their axes dictate. The arithmetic
-  is the naive engine's whatever backend was chosen; results equal the unsharded run within
-  float32 round-off (sums are taken in another order).
-* **Whole** (VeLO, Celo, CELO2, ELO-CELO2, and placements the shard-wise path does not take):
+* **Shard-wise** (every family, the default; placements with at most one ``Shard``): each rank
+  steps its own shard; every reduction over the split axis is a partial reduction plus an
+  all-reduce of the reduced statistics (:class:`pylo.core.reduce.Split`), so a step moves
+  O(rows + columns) bytes per matrix; CELO2 and ELO-CELO2 also gather each matrix's step once for
+  Newton-Schulz. The element-wise state (momenta, RMS) is held as DTensors with the parameter's
+  placements; the factored row/column statistics are sharded or replicated as their axes dictate.
+  The engine is the family's fused one where the fused or Triton backend was chosen, else the naive
+  one; results equal the unsharded run within float32 round-off (sums are taken in another order).
+* **Whole** (other placements, VeLO/Celo averaging calls, or ``opt.shard_wise = False``):
   :func:`whole_tensors` gathers the parameter and its gradient (``full_tensor()``), steps the whole
   tensor with the ordinary engines and writes back this rank's shard. Every rank computes the same
   update on the same numbers, so the run equals the unsharded one bit for bit; the cost is one
   all-gather of each parameter and gradient (O(numel)) and the state held whole on every rank.
+
+Example::
+
+    fully_shard(model)                                   # after init_process_group
+    opt = AdafacLO(model.parameters())                   # shard-wise: sharded state, statistics-only traffic
+    loss = model(batch); loss.backward(); opt.step()
 """
 
 from __future__ import annotations

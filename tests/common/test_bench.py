@@ -111,7 +111,8 @@ def test_reused_scratch_buffers_count_as_step_memory():
 def test_distributed_mode_measures_the_bytes_of_each_step(tmp_path, capsys):
     """``--distributed`` (2 gloo ranks, FSDP2): AdafacLO and VeLO step their shards and all-reduce only
     statistics (a small fraction of FSDP2's gradient reduce-scatter, no gather); CELO2 gathers each
-    matrix's step once (its vector takes AdamW, which needs nothing)."""
+    matrix's step once (its vector takes AdamW, which needs nothing). The gather-whole fallback is measured
+    beside them."""
     import json
 
     status = main(["--distributed", "--shapes", "64x48,32", "--optimizer", "adafaclo", "--optimizer", "velo",
@@ -127,4 +128,6 @@ def test_distributed_mode_measures_the_bytes_of_each_step(tmp_path, capsys):
         step = rows[name]["step"]
         assert "all_gather" not in step and 0 < step["all_reduce"] < rs / 5, (name, step)
     assert rows["celo2"]["step"]["all_gather"] == 4 * 64 * 48
+    for r in rows.values():  # the gather-whole fallback, for comparison: each parameter and gradient gathered
+        assert r["gathered"]["step"]["all_gather"] == 2 * rs and r["step_ms"] > 0 and r["gathered"]["step_ms"] > 0
     assert "step / RS" in capsys.readouterr().out

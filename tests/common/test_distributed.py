@@ -196,3 +196,12 @@ def test_a_plain_state_dict_of_sharded_state_resumes_bit_exactly(name, one_rank_
             o.step(loss=m(t).detach())
     for n, p in w.whole_params(module).items():
         assert torch.equal(w.whole_params(resumed)[n], p), n
+
+
+@pytest.mark.parametrize("name", ["adafaclo", "velo"])
+def test_a_nan_in_one_ranks_shard_is_refused_on_every_rank(name, tmp_path):
+    _spawn(w.nan_shard_worker, str(tmp_path / "store"), str(tmp_path), name)
+    seen = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
+    assert all(s["unchanged"] for s in seen)
+    assert seen[0]["message"] is not None and seen[0]["message"] == seen[1]["message"]
+    assert "non-finite" in seen[0]["message"] and "'wide'" in seen[0]["message"]

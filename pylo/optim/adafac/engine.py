@@ -26,7 +26,7 @@ class AdafacEngine(Engine):
         workspaces: the optimizer's reusable buffers per device (fused engine).
         decay_values: the decays as Python floats (Triton engine: kernel arguments, no host sync).
         splits: per tensor, the :class:`~pylo.core.reduce.Split` of a tensor that is one rank's part
-            of a sharded parameter, or None (naive engine only).
+            of a sharded parameter, or None (naive and fused engines).
     """
 
     def __init__(self, *, network: torch.nn.Module, decays: Tuple[torch.Tensor, torch.Tensor, torch.Tensor],

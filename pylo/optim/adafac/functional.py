@@ -29,6 +29,8 @@ from pylo.optim.backend import engine_table
 
 ENGINES = engine_table({"naive": NaiveEngine, "foreach": ForeachEngine, "fused": FusedEngine,
                         "triton": TritonEngine})
+#: the engines that step one rank's part of a sharded tensor (with its splits)
+SHARD_BACKENDS = ("naive", "fused")
 
 
 def adafaclo(params: List[torch.Tensor], grads: List[torch.Tensor], states: List[Dict[str, torch.Tensor]], *,
@@ -43,15 +45,16 @@ def adafaclo(params: List[torch.Tensor], grads: List[torch.Tensor], states: List
     the momentum, RMS and Adafactor decays as float32 tensors on the device. The backends
     (:mod:`pylo.optim.backend`) compute the same update within float32 round-off; ``"fused"`` uses
     ``chunk_size`` and the reusable buffers in ``workspaces``, ``"triton"`` needs ``decay_values``,
-    the decays as Python floats. ``splits`` (naive backend only) marks tensors that are one rank's
-    part of a sharded parameter (:class:`pylo.core.reduce.Split`, None for a whole tensor).
+    the decays as Python floats. ``splits`` (naive and fused backends) marks tensors that are one
+    rank's part of a sharded parameter (:class:`pylo.core.reduce.Split`, None for a whole tensor).
     """
     if backend not in ENGINES:
         raise ValueError(f"backend must be one of {tuple(ENGINES)}, got {backend!r}")
     if not params:
         return
-    if splits is not None and backend != "naive":
-        raise ValueError(f"sharded tensors (splits) step on the naive backend, not {backend!r}")
+    if splits is not None and backend not in SHARD_BACKENDS:
+        raise ValueError(f"sharded tensors (splits) step on the {' or '.join(SHARD_BACKENDS)} backend, "
+                         f"not {backend!r}")
     if not all(states):
         raise ValueError("every parameter needs its AdafacLO state first (pylo.optim.adafac.state.init_state)")
     engine = ENGINES[backend](network=network, decays=decays, lr=lr, exp_mult=exp_mult, step_mult=step_mult,

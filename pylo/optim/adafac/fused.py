@@ -17,11 +17,14 @@ Same update as the naive engine within float32 round-off, computed differently:
 * ``finish`` (pass 2) rebuilds each chunk's features and runs the MLP with
   ``addmm`` into reused activation buffers, then applies the step.
 
-Between the passes only the small tables and the 28 sums of squares are kept per tensor.
+Between the passes only the small tables and the 28 sums of squares are kept per tensor. Of one
+rank's part of a sharded tensor (``splits``), the tables' means and the sums of squares are summed
+over the ranks (one all-reduce of 28 numbers per tensor, besides the tables').
 """
 
 from __future__ import annotations
 
+import math
 from typing import Dict, List, Optional, Sequence
 
 import torch
@@ -31,7 +34,7 @@ from pylo.core.chunked import slabs
 from pylo.core.features import tanh_embedding
 from pylo.core.fused import Workspace, adafactor_tables, broadcast_table, table_sumsq
 from pylo.core.layout import from_work, subtract_update, to_work
-from pylo.core.reduce import row_sum_squares
+from pylo.core.reduce import all_reduce_sum, global_shape, row_sum_squares
 from pylo.optim.adafac.constants import NORMALIZER_EPS, NUM_RAW, RMS_EPS
 from pylo.optim.adafac.engine import AdafacEngine
 from pylo.optim.adafac.network import linear_layers
@@ -123,14 +126,15 @@ class FusedEngine(AdafacEngine):
         rms_b, fac_b = rms_d.clamp(0.0, 1.0), fac_d.clamp(0.0, 1.0)
         coefficients = (mom_d, 1 - mom_d, rms_b, 1 - rms_b, fac_b, 1 - fac_b)
         prepared = []
-        for p, g, state in zip(params, grads, states):
+        for p, g, state, split in zip(params, grads, states, self.splits or [None] * len(params)):
             gw = to_work(g, self.kernel_layout).contiguous()
-            tables = adafactor_tables(state, gw, fac_b)
+            tables = adafactor_tables(state, gw, fac_b, split=split)
             v = _TensorView(to_work(p, self.kernel_layout), gw, state, tables)
             sumsq = self._accumulate(v, ws, coefficients)
             if tables is not None:
                 sumsq[TABLE_ROWS] = table_sumsq(tables, v.shape, TABLE_NAMES)
-            prepared.append((p, g, state, tables, sumsq))
+            all_reduce_sum(sumsq, split)
+            prepared.append((p, g, state, tables, sumsq, math.prod(global_shape(v.shape, split))))
         return prepared
 
     def _accumulate(self, v: _TensorView, ws: Workspace, coefficients) -> torch.Tensor:
@@ -162,18 +166,20 @@ class FusedEngine(AdafacEngine):
             return
         layers = mlp_weights(self.network)
         ws = self._workspace(prepared[0][0].device)
-        for p, g, state, tables, sumsq in prepared:
+        for p, g, state, tables, sumsq, numel in prepared:
             v = _TensorView(to_work(p, self.kernel_layout), to_work(g, self.kernel_layout).contiguous(), state,
                             tables)
-            self._apply(v, ws, layers, sumsq, state["step"])
+            self._apply(v, ws, layers, sumsq, state["step"], numel)
             if v.p_is_copy:
                 p.copy_(from_work(v.p, p, self.kernel_layout).to(p.dtype))
             state["step"] += 1
 
-    def _apply(self, v: _TensorView, ws: Workspace, layers, sumsq: torch.Tensor, step: torch.Tensor) -> None:
-        """Pass 2 over ``v``: the normaliser and step features folded into the first layer, features, MLP, step."""
+    def _apply(self, v: _TensorView, ws: Workspace, layers, sumsq: torch.Tensor, step: torch.Tensor,
+               numel: int) -> None:
+        """Pass 2 over ``v``: the normaliser and step features folded into the first layer, features, MLP, step
+        (``numel``: the whole tensor's elements)."""
         (w0, b0), hidden, (w_out, b_out) = layers[0], layers[1:-1], layers[-1]
-        scale = torch.rsqrt(NORMALIZER_EPS + sumsq / v.p.numel())
+        scale = torch.rsqrt(NORMALIZER_EPS + sumsq / numel)
         w0_t = w0[:, :NUM_RAW] * scale
         b0_t = b0 + w0[:, NUM_RAW:] @ tanh_embedding(step).unsqueeze(-1)
         for idx, count in slabs(v.shape, self.chunk_size):

@@ -82,12 +82,16 @@ class AdafacOptimizer(LearnedOptimizer):
         return loss
 
     def _step_shards(self, group: Dict, params: List[torch.Tensor], grads: List[torch.Tensor]) -> None:
-        """DTensor parameters, each rank its own shard: the naive arithmetic, with the statistics over a
-        split axis all-reduced (the same sequence of collectives on every rank)."""
+        """DTensor parameters, each rank its own shard, with the statistics over a split axis all-reduced
+        (the same sequence of collectives on every rank): the fused engine where the group's backend is
+        fused or Triton, else the naive one."""
         local = [local_tensor(p) for p in params]
         device = local[0].device
-        adafaclo(local, grads, [local_state(self.state[p]) for p in params], network=self.network_on(device),
+        network = self.network_on(device)
+        chosen = resolve_backend(group["backend"], device, ENGINES["triton"].unsupported(network))
+        adafaclo(local, grads, [local_state(self.state[p]) for p in params], network=network,
                  decays=self._decay_tensors(group, device), lr=group["lr"], exp_mult=group["exp_mult"],
                  step_mult=self._step_mult(group), weight_decay=group["weight_decay"],
-                 kernel_layout=group["kernel_layout"], backend="naive",
+                 kernel_layout=group["kernel_layout"], backend="fused" if chosen in ("fused", "triton") else "naive",
+                 workspaces=self._workspaces, chunk_size=group["chunk_size"],
                  splits=[self._split_for(group, p) for p in params])

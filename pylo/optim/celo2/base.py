@@ -159,10 +159,12 @@ class Celo2Base(LearnedOptimizer):
 
     def _update(self, group, device, params, grads, mask, states, sharded: bool) -> None:
         """One :func:`~pylo.optim.celo2.functional.celo2` call; DTensor parameters (``sharded``) step their
-        local shards on the naive backend, with their splits (:mod:`pylo.optim.sharded`)."""
+        local shards, with their splits (:mod:`pylo.optim.sharded`), on the fused engine where the group's
+        backend is fused or Triton, else on the naive one."""
         backend, splits = self.backend_for(group, device), None
         if sharded:
-            backend, splits = "naive", [self._split_for(group, p) for p in params]
+            backend = "fused" if backend in ("fused", "triton") else "naive"
+            splits = [self._split_for(group, p) for p in params]
             params, states = [local_tensor(p) for p in params], [local_state(st) for st in states]
         celo2(params, grads, states, mask, network=self.network_on(device),
               decays=self._decays.of_group(group, device), settings=self._settings(group), backend=backend,

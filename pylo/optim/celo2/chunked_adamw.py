@@ -7,7 +7,7 @@ of the foreach engine's (:mod:`pylo.optim.celo2.adamw`). Nothing synchronises wi
 
 from __future__ import annotations
 
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 
@@ -104,23 +104,26 @@ def _update_diag(ds: List[torch.Tensor], gs: List[torch.Tensor], fac_b: torch.Te
 
 
 def shared_adamw(params: List[torch.Tensor], grads: List[torch.Tensor], states: List[Dict], settings: Settings,
-                 decays: Sequence[torch.Tensor]) -> None:
+                 decays: Sequence[torch.Tensor], splits: Optional[Sequence] = None) -> None:
     """ELO-CELO2's AdamW: the shared accumulators (all three kinds) updated, then
-    ``m[..., 0] / bc1 / (sqrt(rms[..., -1] / bc2) + eps)`` with the tensor's own step count."""
+    ``m[..., 0] / bc1 / (sqrt(rms[..., -1] / bc2) + eps)`` with the tensor's own step count
+    (``splits``: the :class:`~pylo.core.reduce.Split` of each tensor that is one rank's part of a sharded one)."""
     mom_d, rms_d, fac_d = decays
     fac_b = fac_d.clamp(0.0, 1.0)
     path, clip = settings.adamw, settings.grad_clip_val
     works = [to_work(p, settings.kernel_layout) for p in params]
     gws = [to_work(g, settings.kernel_layout) for g in grads]
     # the factored moments need row/column means: one g*g temporary per tensor, freed at once
-    diag = [adafactor_tables(s, gw, fac_b, clip) is None for gw, s in zip(gws, states)]
+    diag = [adafactor_tables(s, gw, fac_b, clip, split) is None
+            for gw, s, split in zip(gws, states, splits or [None] * len(gws))]
     bc1, bc2 = _next_bias_corrections(states, *path.betas)
     flat = _Flat(works, settings.chunk_size)
     ps = [w.view(-1) for w in flat.work]
     gs = [g.reshape(-1) for g in gws]
-    ms = [s["mom"].view(w.numel(), -1) for s, w in zip(states, flat.work)]
-    rs = [s["rms"].view(w.numel(), -1) for s, w in zip(states, flat.work)]
-    ds = [s["fac_diag"].view(w.numel(), -1) if d else None for s, w, d in zip(states, flat.work, diag)]
+    rows = lambda t, w: t.view(w.numel(), t.shape[-1])  # noqa: E731  (elements, decays); an empty shard too
+    ms = [rows(s["mom"], w) for s, w in zip(states, flat.work)]
+    rs = [rows(s["rms"], w) for s, w in zip(states, flat.work)]
+    ds = [rows(s["fac_diag"], w) if d else None for s, w, d in zip(states, flat.work, diag)]
     for batch in flat.batches():
         g = flat.cut(gs, batch)
         if clip is not None:

@@ -30,7 +30,7 @@ class Celo2Engine(Engine):
         self.decays = tuple(decays)
         #: buffers an engine keeps between steps (the optimizer's ``_workspaces``)
         self.workspaces = {} if workspaces is None else workspaces
-        #: ``id(tensor) -> Split`` of the tensors that are one rank's part of a sharded parameter (naive only)
+        #: ``id(tensor) -> Split`` of the tensors that are one rank's part of a sharded parameter (naive, fused)
         self.splits = splits or {}
 
     def splits_of(self, tensors: Sequence[torch.Tensor]) -> List:

@@ -30,13 +30,13 @@ def celo2(params: List[torch.Tensor], grads: List[torch.Tensor], states: List[Di
     parameter ``i`` to the AdamW path (``settings.adamw``), the rest take the learned path.
     ``decays`` are the (momentum, RMS, Adafactor) decays as float32 tensors on the device;
     ``workspaces`` keeps an engine's reusable buffers between calls. Every backend computes the
-    same update within float32 round-off. ``splits`` (naive backend only): per tensor, the
+    same update within float32 round-off. ``splits`` (naive and fused backends): per tensor, the
     :class:`~pylo.core.reduce.Split` of one rank's part of a sharded parameter, or None.
     """
     if backend not in ENGINES:
         raise ValueError(f"backend must be one of {tuple(ENGINES)}, got {backend!r}")
-    if splits is not None and backend != "naive":
-        raise ValueError(f"sharded tensors (splits) step on the naive backend, not {backend!r}")
+    if splits is not None and backend not in ("naive", "fused"):
+        raise ValueError(f"sharded tensors (splits) step on the naive or fused backend, not {backend!r}")
     by_id = {id(p): s for p, s in zip(params, splits or ()) if s is not None}
     engine = ENGINES[backend](settings, network, decays, workspaces, by_id)
 

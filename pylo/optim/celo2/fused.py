@@ -29,6 +29,7 @@ chunk-sized buffers.
 
 from __future__ import annotations
 
+import math
 from typing import Dict, List, Optional
 
 import torch
@@ -50,13 +51,16 @@ class LearnedTensor:
     pass 1) its per-(matrix, channel) sums of squares."""
 
     def __init__(self, p: torch.Tensor, g: torch.Tensor, state: Dict, kernel_layout: str, fac_b: torch.Tensor,
-                 clip: Optional[float], counts):
+                 clip: Optional[float], counts, split: Optional[reduce.Split] = None):
         self.p, self.g = to_work(p, kernel_layout), to_work(g, kernel_layout)
         self.shape = tuple(self.p.shape)
         self.state = state
         self.m, self.rms = state["mom"], state["rms"]
         self.clip = clip
-        tables = adafactor_tables(state, self.g, fac_b, clip)
+        self.split = split
+        #: the split axis is one of the matrices' own (last two) axes: per-matrix sums span the ranks
+        self.split_in_matrix = split is not None and split.dim >= len(self.shape) - 2
+        tables = adafactor_tables(state, self.g, fac_b, clip, split)
         self.factored = tables is not None
         self.layout = Layout(counts, self.factored)
         self.diag = None if self.factored else state["fac_diag"]
@@ -65,7 +69,9 @@ class LearnedTensor:
                        for name in ("row_fac", "col_fac") + TABLE_NAMES}
             self.tables = tables
         self.matrices = matrix_count(self.shape)
-        self.matrix_numel = self.p.numel() // max(self.matrices, 1)
+        whole = reduce.global_shape(self.shape, split)
+        self.numel = math.prod(whole)
+        self.matrix_numel = math.prod(whole[-2:])  # one matrix of the whole tensor (all of it below rank 2)
         self.sumsq: Optional[torch.Tensor] = None
 
 
@@ -171,8 +177,8 @@ class FusedEngine(Celo2Engine):
         s = self.settings
         ws = self._workspace(params[0].device)
         prepared = []
-        for p, g, state in zip(params, grads, states):
-            t = LearnedTensor(p, g, state, s.kernel_layout, self.fac_b, s.grad_clip_val, self.counts)
+        for p, g, state, split in zip(params, grads, states, self.splits_of(params)):
+            t = LearnedTensor(p, g, state, s.kernel_layout, self.fac_b, s.grad_clip_val, self.counts, split)
             lay, n_c = t.layout, t.layout.computed
             t.sumsq = torch.zeros(t.matrices, lay.channels, device=p.device)
             if t.factored:
@@ -184,6 +190,8 @@ class FusedEngine(Celo2Engine):
                 accumulate_slab(t, idx, g_s, self.mixes, scratch[0].view(g_s.shape), scratch[1:].reshape(-1))
                 fill_slab(x, t, idx, g_s, tables=False)
                 t.sumsq[mat, :n_c] += row_sumsq(x[:n_c])
+            if t.split_in_matrix:
+                reduce.all_reduce_sum(t.sumsq, split)
             prepared.append(t)
         return prepared
 
@@ -192,9 +200,20 @@ class FusedEngine(Celo2Engine):
         ws = self._workspace(prepared[0].p.device)
         for t in prepared:
             step = self._directions(t, ws, w0_blocks, b0, dense, act)
-            step, out_scale = orthogonalize_and_scale(step, self.settings.step, t.matrices)
+            step, out_scale = self._orthogonalized(t, step)
             self._apply(t, ws, step, out_scale)
             t.state["step"] += 1
+
+    def _orthogonalized(self, t: LearnedTensor, step: torch.Tensor):
+        """:func:`~pylo.optim.celo2.plan.orthogonalize_and_scale`; of one rank's part of matrices split over
+        ranks, on the whole step (one all-gather), keeping this rank's part."""
+        cfg = self.settings.step
+        if t.split_in_matrix:
+            whole, out_scale = orthogonalize_and_scale(reduce.gather_split(step, t.split), cfg, t.matrices)
+            return reduce.local_part(whole, t.split), out_scale
+        if step.numel() == 0:  # an empty part of matrices split along a leading axis
+            return step, step.new_empty((0,))
+        return orthogonalize_and_scale(step, cfg, t.matrices)
 
     def _directions(self, t: LearnedTensor, ws: Workspace, w0_blocks, b0, dense, act) -> torch.Tensor:
         """Pass 2: features, normalised per (matrix, channel); the MLP and ``direction * magnitude`` into
@@ -205,7 +224,9 @@ class FusedEngine(Celo2Engine):
         mag_scale = None
         if cfg.param_scale_mult:
             p_sq = reduce.sum_all(t.sumsq[:, lay.offsets[GROUP["p"]]])
-            mag_scale = torch.sqrt(p_sq / t.p.numel() + PARAM_SCALE_EPS)
+            if t.split is not None and not t.split_in_matrix:  # whole matrices here, others elsewhere
+                reduce.all_reduce_sum(p_sq, t.split)
+            mag_scale = torch.sqrt(p_sq / t.numel + PARAM_SCALE_EPS)
         step = torch.empty(t.shape, device=t.p.device)
         for mat, idx, count in matrix_slabs(t.shape, self.settings.chunk_size):
             x = ws.x(count)
@@ -243,6 +264,6 @@ class FusedEngine(Celo2Engine):
 
     def update_routed(self, params, grads, states) -> None:
         if self.settings.adamw.shared:
-            chunked_adamw.shared_adamw(params, grads, states, self.settings, self.decays)
+            chunked_adamw.shared_adamw(params, grads, states, self.settings, self.decays, self.splits_of(params))
         else:
             chunked_adamw.own_adamw(params, grads, states, self.settings)

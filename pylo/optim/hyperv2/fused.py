@@ -154,12 +154,13 @@ class FusedEngine(TwoPassEngine):
         self._features(x, t, idx, shape)
         reduce.channel_norms(x[:norms.shape[1]], out=norms[b])
 
-    def prepare_tensor(self, p: torch.Tensor, g: torch.Tensor, state: Dict[str, torch.Tensor], moments: bool
-                       ) -> PassTensor:
-        """Pass 1 of one tensor (state already initialised): accumulators, sums, LSTM statistics."""
+    def prepare_tensor(self, p: torch.Tensor, g: torch.Tensor, state: Dict[str, torch.Tensor], moments: bool,
+                       split: Optional[reduce.Split] = None) -> PassTensor:
+        """Pass 1 of one tensor (state already initialised): accumulators, sums, LSTM statistics (with a
+        ``split``, of one rank's part: the sums are summed over the ranks)."""
         L = self.layout
-        t = PassTensor(p, g, state, self.kernel_layout)
-        t.tables = adafactor_tables(state, t.gw, self.fac_b_vec, clip=GRAD_CLIP)
+        t = PassTensor(p, g, state, self.kernel_layout, split)
+        t.tables = adafactor_tables(state, t.gw, self.fac_b_vec, clip=GRAD_CLIP, split=split)
         if t.factored:
             t.row_fac, t.col_fac = (broadcast_table(t.tables[k], t.shape, t.tables["dims"], k, channel_major=True)
                                     for k in ("row_fac", "col_fac"))
@@ -179,12 +180,12 @@ class FusedEngine(TwoPassEngine):
         sumsq[:n_rows] = reduce.merge_sumsq(stats[2])
         if t.factored:
             sumsq[L.per_element:] = table_sumsq(t.tables, t.shape, TABLE_NAMES)
-        t.sumsq = sumsq
+        t.sumsq = reduce.all_reduce_sum(sumsq, split)
         t.p_sq_mean = sumsq[L["p"].start] / t.n
-        t.moments = TensorMoments(t.shape, t.p_sq_mean.reshape(1))
+        t.moments = TensorMoments(t.global_shape, t.p_sq_mean.reshape(1))
         if moments:
             counts = torch.tensor([float(c) for _, c in blocks], device=device)
-            mean, var = reduce.merge_moments(stats[0], torch.square(stats[1]), counts, t.n)
+            mean, var = reduce.merge_moments(stats[0], torch.square(stats[1]), counts, t.n, split)
             t.moments.set_accumulators(mean.unsqueeze(0), var.unsqueeze(0), L.k_mom)
         return t
 

@@ -258,7 +258,7 @@ class HyperV2Optimizer(LearnedOptimizer):
 
     def _parts(self, items, fraction_features, loss_features) -> List[Part]:
         """The items grouped by (param group, device, backend), in order of first appearance; DTensor
-        parameters form parts of their own: their local shards on the naive backend, with their splits."""
+        parameters form parts of their own: their local shards, with their splits."""
         buckets: Dict[Tuple[int, torch.device, str], List[int]] = {}
         for i, (group, p, _) in enumerate(items):
             backend = "sharded" if is_dtensor(p) else self._backend_for(group, p.device)
@@ -269,8 +269,10 @@ class HyperV2Optimizer(LearnedOptimizer):
             group, params = items[idx[0]][0], [items[i][1] for i in idx]
             settings = self._settings(group, device, inputs)
             states = [self.state[p] for p in params]
-            if backend == "sharded":
-                backend, settings.splits = "naive", [self._split_for(group, p) for p in params]
+            if backend == "sharded":  # the fused engine where the group's is fused or Triton, else naive
+                chosen = self._backend_for(group, device)
+                backend = "fused" if chosen in ("fused", "triton") else "naive"
+                settings.splits = [self._split_for(group, p) for p in params]
                 params, states = [local_tensor(p) for p in params], [local_state(st) for st in states]
             parts.append(Part(backend, idx, params, [items[i][2] for i in idx], states, settings))
         return parts

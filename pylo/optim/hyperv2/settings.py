@@ -27,7 +27,7 @@ class EngineSettings:
     d * param_scale * exp(mu * exp_mult) * step_mult`` (``lr_mult`` when ``use_lr_mult``), and
     ``p <- p - lr * (step + weight_decay * p)``; ``interp_mult`` scales the interpolated MLP;
     ``chunk_size`` bounds the fused backend's slabs, whose buffers live in ``workspaces``;
-    ``splits`` (naive engine only): per tensor, the :class:`~pylo.core.reduce.Split` of one rank's part
+    ``splits`` (naive and fused engines): per tensor, the :class:`~pylo.core.reduce.Split` of one rank's part
     of a sharded parameter, or None.
     """
 

@@ -86,9 +86,13 @@ class TritonEngine(TwoPassEngine):
             t.row_fac = t.col_fac = state["fac_diag"]
         return t
 
-    def prepare_tensor(self, p: torch.Tensor, g: torch.Tensor, state: Dict[str, torch.Tensor], moments: bool
-                       ) -> PassTensor:
-        """Pass 1 of one tensor (state initialised): tables, then ``_pass1``; LSTM statistics."""
+    def prepare_tensor(self, p: torch.Tensor, g: torch.Tensor, state: Dict[str, torch.Tensor], moments: bool,
+                       split=None) -> PassTensor:
+        """Pass 1 of one tensor (state initialised): tables, then ``_pass1``; LSTM statistics (whole tensors
+        only: shards step on the fused engine)."""
+        if split is not None:
+            raise ValueError("the Triton engine steps whole tensors; one rank's part of a sharded one takes "
+                             "the fused engine")
         import triton
 
         from pylo.optim.hyperv2.kernels import N_ALL, N_ELEM, N_MOM, _pass1

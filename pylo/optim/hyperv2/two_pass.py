@@ -7,6 +7,9 @@ second-moment normalisers). **Pass 2** (:meth:`TwoPassEngine.finish`) interpolat
 tensor's MLP at once, folds the normalisers into its first layer (:func:`.channels.fold_mlp`)
 and runs features, MLP, step and parameter update again per tensor.
 
+A tensor with a split (``settings.splits``: one rank's part of a sharded parameter) sums its
+statistics over the ranks (the fused engine; it is never batched).
+
 Rank < 2 tensors (biases, norms, scalars) of one size can share one slab (:class:`SmallBatch`,
 the fused engine does so up to ``chunk_size`` elements): per-tensor sums become reductions over a
 ``(K, n)`` view and the K MLPs batched products, so a model's hundreds of small tensors cost a few
@@ -15,11 +18,13 @@ dozen operations.
 
 from __future__ import annotations
 
+import math
 from typing import Dict, List, Optional
 
 import torch
 
 from pylo.core.layout import to_work
+from pylo.core.reduce import Split, global_shape
 from pylo.optim.backend import Engine
 from pylo.optim.hyperv2.channels import interpolate
 from pylo.optim.hyperv2.controller import TensorMoments
@@ -29,12 +34,15 @@ from pylo.optim.hyperv2.settings import EngineSettings, Prepared
 class PassTensor:
     """One tensor between the passes: its work views, Adafactor tables and pass-1 sums."""
 
-    def __init__(self, p: torch.Tensor, g: torch.Tensor, state: Dict[str, torch.Tensor], kernel_layout: str):
+    def __init__(self, p: torch.Tensor, g: torch.Tensor, state: Dict[str, torch.Tensor], kernel_layout: str,
+                 split: Optional[Split] = None):
         self.p = p
         self.pw = to_work(p, kernel_layout)
         self.gw = to_work(g, kernel_layout)
-        self.shape = tuple(self.pw.shape)
-        self.n = self.pw.numel()
+        self.shape = tuple(self.pw.shape)  # local: one rank's part when ``split`` is given
+        self.split = split
+        self.global_shape = global_shape(self.shape, split)
+        self.n = math.prod(self.global_shape)  # the whole tensor's elements
         self.state = state
         self.m, self.rms, self.diag = state["mom"], state["rms"], None
         self.tables: Optional[Dict] = None
@@ -73,7 +81,7 @@ class BatchMember:
 class TwoPassEngine(Engine):
     """Pass 1 and pass 2 over a group's tensors; subclasses implement them per tensor (and per batch).
 
-    Per tensor: ``prepare_tensor(p, g, state, moments) -> PassTensor`` (setting ``moments``, a
+    Per tensor: ``prepare_tensor(p, g, state, moments, split) -> PassTensor`` (setting ``moments``, a
     :class:`TensorMoments` of one tensor), ``fold(t, weights)`` and ``finish_tensor(t, folded,
     lr_mult)``; per batch: ``prepare_batch`` and ``finish_batch``.
     """
@@ -90,11 +98,12 @@ class TwoPassEngine(Engine):
         handles: List[object] = [None] * len(params)
         pieces = []  # (positions, TensorMoments) covering every tensor once
         small: Dict[int, List[int]] = {}
-        for j, (p, g, state) in enumerate(zip(params, grads, states)):
-            if state["fac_diag"].numel() and p.numel() <= self.batch_limit:  # rank < 2, small
+        splits = self.s.splits or [None] * len(params)
+        for j, (p, g, state, split) in enumerate(zip(params, grads, states, splits)):
+            if split is None and state["fac_diag"].numel() and p.numel() <= self.batch_limit:  # rank < 2, small
                 small.setdefault(p.numel(), []).append(j)
                 continue
-            t = self.prepare_tensor(p, g, state, moments)
+            t = self.prepare_tensor(p, g, state, moments, split)
             handles[j] = t
             pieces.append(([j], t.moments))
         for n, positions in small.items():
