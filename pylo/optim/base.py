@@ -143,8 +143,14 @@ class LearnedOptimizer(torch.optim.Optimizer):
             return False
         if any(bool(group.get("lr", 1) != 0) for group in self.param_groups):
             return False
-        grads = [local_tensor(p.grad) for group in self.param_groups for p in group["params"] if p.grad is not None]
-        return bool(grads) and not any(bool(torch.count_nonzero(g)) for g in grads)
+        held = [(group, p) for group in self.param_groups for p in group["params"] if p.grad is not None]
+        if not held:
+            return False
+        nonzero = [(torch.count_nonzero(local_tensor(p.grad)) > 0).to(torch.float32) for _, p in held]
+        splits = [self._split_for(group, p) for group, p in held]  # DTensors left here are stepped shard-wise
+        if any(splits):  # a shard's verdict is its whole gradient's, on every rank
+            nonzero = all_reduce_leaves(nonzero, splits, op="max")
+        return not any(bool(flag) for flag in nonzero)
 
     #: whether DTensor parameters are stepped shard by shard (:mod:`pylo.optim.sharded`); set it to
     #: False on an optimizer before its first step to gather them whole instead (state replicated)
