@@ -175,7 +175,7 @@ def table(result: Dict) -> str:
     kb = 1e3
     lines = [f"{result['workload']}: {result['params'] / 1e6:.2f} M parameters, {result['world']} ranks (FSDP2); "
              f"statistics floor {result['statistics_floor_bytes'] / 1e3:.1f} kB",
-             "shard-wise: each rank steps its shard (naive arithmetic), statistics all-reduced; "
+             "shard-wise: each rank steps its shard (the fused engine for fused/Triton), statistics all-reduced; "
              "gathered: whole parameter and gradient gathered, the backend's engine on the whole tensor",
              f"{'optimizer':<10} {'backend':<8} {'step kB':>10} {'step ms':>8} {'gathered kB':>12} "
              f"{'gathered ms':>12} {'FSDP2 grad RS kB':>17} {'FSDP2 AG kB':>12} {'step / RS':>10}"]

@@ -33,6 +33,8 @@ def slabs(shape: Sequence[int], chunk: int = DEFAULT_CHUNK) -> Iterator[Tuple[tu
     if not shape:
         yield (), 1
         return
+    if 0 in shape:  # nothing to visit (an empty shard of a sharded tensor)
+        return
     suffix = 1
     axis = len(shape) - 1
     # the outermost axis whose trailing block fits in a chunk

@@ -99,7 +99,8 @@ def gather_split(x: torch.Tensor, split: Split) -> torch.Tensor:
     if length < chunk:
         part = torch.cat([part, part.new_zeros((chunk - length,) + tuple(part.shape[1:]))])
     out = part.new_empty((world * chunk,) + tuple(part.shape[1:]))
-    gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor  # renamed in torch 2.13
+    # torch 2.13 deprecates all_gather_into_tensor in favour of all_gather_single (same arguments)
+    gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
     gather(out, part.contiguous(), group=split.group)
     return out[:split.size].movedim(0, split.dim)
 

@@ -218,19 +218,20 @@ class LearnedOptimizer(torch.optim.Optimizer):
             return
         # one norm per tensor (no temporaries), squared: finite exactly when every g*g and their sum are;
         # NaN and Inf propagate through it. One host sync per device; only a failure looks closer.
-        finite_sq = [torch.isfinite(torch.linalg.vector_norm(g).square()) for g in grads]
-        splits = self._entry_splits(entries)
-        if any(splits):  # a shard's verdict is its whole tensor's, on every rank
-            bad = all_reduce_leaves([(~ok).to(torch.float32) for ok in finite_sq], splits, op="max")
-            finite_sq = [b == 0 for b in bad]
+        squares = [torch.linalg.vector_norm(g).square() for g in grads]
+        splits, nonfinite = self._entry_splits(entries), None
+        if any(splits):  # one collective before any branch: each split tensor's whole sum, on every rank
+            flags = [torch.stack([sq, (~torch.isfinite(g).all()).to(torch.float32)]) for sq, g in zip(squares, grads)]
+            flags = all_reduce_leaves(flags, splits, op="sum")
+            squares, nonfinite = [f[0] for f in flags], [f[1] for f in flags]
+        finite_sq = [torch.isfinite(sq) for sq in squares]
         by_device: Dict[torch.device, List[torch.Tensor]] = {}
         for g, ok in zip(grads, finite_sq):
             by_device.setdefault(g.device, []).append(ok)
         if all(bool(torch.stack(oks).all()) for oks in by_device.values()):
             return
-        nonfinite = [(~torch.isfinite(g).all()).to(torch.float32) for g in grads]
-        if any(splits):  # every rank names the same cause
-            nonfinite = all_reduce_leaves(nonfinite, splits, op="max")
+        if nonfinite is None:
+            nonfinite = [(~torch.isfinite(g).all()).to(torch.float32) for g in grads]
         bad, overflow, i = [], False, 0
         for group, params, gs in entries:
             names = dict(zip(map(id, group["params"]), group.get("param_names", [])))

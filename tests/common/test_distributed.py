@@ -90,16 +90,17 @@ SHARDED = [info.name for info in DATABASE if info.name != "mulo"]  # μP's infsh
 SHARDED_STEPS = 50
 
 
-def _unsharded(name: str, backend: str, kwargs=()):
-    module = w.Shapes()
-    opt = get(name).build(list(module.named_parameters()), run_on=backend, **dict(kwargs))
+def _unsharded(case):
+    name, backend, kwargs, fixture = w.unpack_case(case)
+    module = w.Shapes(fixture=fixture)
+    opt = get(name).build(list(module.named_parameters()), run_on=backend, **kwargs)
     w.train_shapes(module, opt, SHARDED_STEPS)
     return w.whole_params(module)
 
 
 def _check_sharded_runs(ranks, cases) -> None:
     for case in cases:
-        ref = _unsharded(*case)
+        ref = _unsharded(case)
         for key in ref:
             for r in ranks[1:]:
                 assert torch.equal(ranks[0][case][key], r[case][key]), (case, key)
@@ -118,9 +119,20 @@ def test_velo_averaging_calls_gathers_whole_tensors_and_equals_the_unsharded_run
     cases = [("velo", "naive", (("num_steps", 40), ("max_training_steps", 20)))]
     _spawn(w.fsdp2_worker, str(tmp_path / "store"), str(tmp_path), cases, SHARDED_STEPS)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
-    ref = _unsharded(*cases[0])
+    ref = _unsharded(cases[0])
     for key in ref:
         assert torch.equal(ranks[0][cases[0]][key], ref[key]), key  # gathered whole: bit for bit
+
+
+def test_empty_shards_on_inner_axes_equal_the_unsharded_run(tmp_path):
+    """A rank holds nothing of an axis that is not the first work axis (FSDP2 on a one-channel conv
+    kernel; tensor parallel's Shard(1) on a one-column matrix): every optimizer, naive and fused."""
+    fsdp = [(n, b, (), "empty") for n in SHARDED for b in ("naive", "fused")]
+    _spawn(w.fsdp2_worker, str(tmp_path / "fsdp"), str(tmp_path), fsdp, SHARDED_STEPS)
+    _check_sharded_runs([torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)], fsdp)
+    tp = [(n, "fused", (), "empty") for n in SHARDED]
+    _spawn(w.placed_worker, str(tmp_path / "tp"), str(tmp_path), tp, SHARDED_STEPS)
+    _check_sharded_runs([torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)], tp)
 
 
 def test_hsdp_on_a_2x2_mesh_equals_the_unsharded_run(tmp_path):
