@@ -223,9 +223,11 @@ def mulo_fsdp2_worker(rank: int, world: int, store: str, out: str, steps: int) -
         torch.save(whole_params(module), Path(out) / f"rank{rank}.pt")
 
 
-def nan_shard_worker(rank: int, world: int, store: str, out: str, name: str) -> None:
-    """FSDP2, a NaN in the gradient's last element only (on the last rank's shard): every rank must
-    refuse the step with the same message and keep its parameters; each rank saves what it saw."""
+def nan_shard_worker(rank: int, world: int, store: str, out: str, name: str, poison: str = "nan") -> None:
+    """FSDP2, ``poison="nan"``: a NaN in the gradient's last element only (on the last rank's shard);
+    ``"overflow"``: 1.4e19 in each rank's last element (each shard's sum of squares is finite, the whole
+    tensor's overflows float32). Every rank must refuse the step with the same message and keep its
+    parameters; each rank saves what it saw."""
     from torch.distributed.fsdp import fully_shard
 
     from pylo.optim.base import NonFiniteGradientError
@@ -241,7 +243,9 @@ def nan_shard_worker(rank: int, world: int, store: str, out: str, name: str) -> 
         loss = module(1)
         loss.backward()
         grad = module.wide.grad.to_local()
-        if rank == world - 1:
+        if poison == "overflow":
+            grad.view(-1)[-1] = 1.4e19
+        elif rank == world - 1:
             grad.view(-1)[-1] = float("nan")
         try:
             opt.step(loss=loss.detach())

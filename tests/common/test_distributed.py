@@ -210,10 +210,11 @@ def test_a_plain_state_dict_of_sharded_state_resumes_bit_exactly(name, one_rank_
         assert torch.equal(w.whole_params(resumed)[n], p), n
 
 
-@pytest.mark.parametrize("name", ["adafaclo", "velo"])
-def test_a_nan_in_one_ranks_shard_is_refused_on_every_rank(name, tmp_path):
-    _spawn(w.nan_shard_worker, str(tmp_path / "store"), str(tmp_path), name)
+@pytest.mark.parametrize("name,poison,cause", [("adafaclo", "nan", "non-finite"), ("velo", "nan", "non-finite"),
+                                               ("celo2", "overflow", "too large for float32")])
+def test_a_bad_gradient_in_shards_is_refused_on_every_rank(name, poison, cause, tmp_path):
+    _spawn(w.nan_shard_worker, str(tmp_path / "store"), str(tmp_path), name, poison)
     seen = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
     assert all(s["unchanged"] for s in seen)
     assert seen[0]["message"] is not None and seen[0]["message"] == seen[1]["message"]
-    assert "non-finite" in seen[0]["message"] and "'wide'" in seen[0]["message"]
+    assert cause in seen[0]["message"] and "'wide'" in seen[0]["message"]
