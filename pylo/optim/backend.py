@@ -73,6 +73,23 @@ def backend_options(backend: Optional[str], foreach: Optional[bool], chunk_size:
     return {"backend": backend, "foreach": foreach, "chunk_size": chunk_size}
 
 
+#: the engines that step one rank's part of a sharded tensor (with its splits, :mod:`pylo.optim.sharded`)
+SHARD_BACKENDS = ("naive", "fused")
+
+
+def shard_backend(resolved: str) -> str:
+    """The engine that steps DTensor shards for a group whose tensors would run on ``resolved``: the fused
+    engine for fused or Triton (the Triton kernels take whole tensors only), else the naive one."""
+    return "fused" if resolved in ("fused", "triton") else "naive"
+
+
+def check_shard_backend(backend: str, splits) -> None:
+    """Refuse ``splits`` for an engine that cannot step shards."""
+    if splits is not None and backend not in SHARD_BACKENDS:
+        raise ValueError(f"sharded tensors (splits) step on the {' or '.join(SHARD_BACKENDS)} backend, "
+                         f"not {backend!r}")
+
+
 def resolve_backend(choice: Optional[str], device: torch.device, triton_unsupported: Optional[str] = None) -> str:
     """The backend a group with ``group["backend"] == choice`` runs on ``device``.
 

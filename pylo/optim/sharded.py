@@ -32,8 +32,9 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
+from pylo.core.accumulators import AccumulatorSet
 from pylo.core.reduce import Split
-from pylo.spec.shapes import work_permutation
+from pylo.spec.shapes import work_permutation, work_shape
 
 
 def dtensor_type():
@@ -125,6 +126,22 @@ def hold_as_dtensors(state: Dict, p, splits: Dict[str, Optional[Split]], keys: S
 def local_state(state: Dict) -> Dict:
     """A parameter's state with its DTensors as their local parts (in-place updates reach the state)."""
     return {k: local_tensor(v) for k, v in state.items()}
+
+
+def local_views(params: Sequence[torch.Tensor], states: Sequence[Dict]) -> Tuple[List, List]:
+    """The local parts of DTensor parameters and of their states, for an engine to step in place."""
+    return [local_tensor(p) for p in params], [local_state(st) for st in states]
+
+
+def init_accumulators(state: Dict, p, kernel_layout: str, counts: Sequence[int]) -> None:
+    """:meth:`AccumulatorSet.init` for parameter ``p`` in its work layout; of a DTensor parameter, this
+    rank's part, held as DTensors on its mesh (the factored axes are the whole tensor's)."""
+    local = local_tensor(p)
+    shape = work_shape(local.shape, kernel_layout)
+    split = local_split(p, kernel_layout) if is_dtensor(p) else None
+    AccumulatorSet.init(state, shape, *counts, local.device, split)
+    if is_dtensor(p):
+        hold_as_dtensors(state, p, AccumulatorSet.splits(shape, split), AccumulatorSet.KEYS)
 
 
 def local_grad(p) -> torch.Tensor:

@@ -25,12 +25,10 @@ from pylo.optim.adafac.foreach import ForeachEngine
 from pylo.optim.adafac.fused import FusedEngine
 from pylo.optim.adafac.naive import NaiveEngine
 from pylo.optim.adafac.triton import TritonEngine
-from pylo.optim.backend import engine_table
+from pylo.optim.backend import check_shard_backend, engine_table
 
 ENGINES = engine_table({"naive": NaiveEngine, "foreach": ForeachEngine, "fused": FusedEngine,
                         "triton": TritonEngine})
-#: the engines that step one rank's part of a sharded tensor (with its splits)
-SHARD_BACKENDS = ("naive", "fused")
 
 
 def adafaclo(params: List[torch.Tensor], grads: List[torch.Tensor], states: List[Dict[str, torch.Tensor]], *,
@@ -52,9 +50,7 @@ def adafaclo(params: List[torch.Tensor], grads: List[torch.Tensor], states: List
         raise ValueError(f"backend must be one of {tuple(ENGINES)}, got {backend!r}")
     if not params:
         return
-    if splits is not None and backend not in SHARD_BACKENDS:
-        raise ValueError(f"sharded tensors (splits) step on the {' or '.join(SHARD_BACKENDS)} backend, "
-                         f"not {backend!r}")
+    check_shard_backend(backend, splits)
     if not all(states):
         raise ValueError("every parameter needs its AdafacLO state first (pylo.optim.adafac.state.init_state)")
     engine = ENGINES[backend](network=network, decays=decays, lr=lr, exp_mult=exp_mult, step_mult=step_mult,

@@ -8,9 +8,9 @@ import torch
 
 from pylo.optim.adafac.functional import ENGINES, adafaclo
 from pylo.optim.adafac.state import decay_counts, init_missing
-from pylo.optim.backend import TORCH_DEFAULT, backend_options, resolve_backend
+from pylo.optim.backend import TORCH_DEFAULT, backend_options, resolve_backend, shard_backend
 from pylo.optim.base import LearnedOptimizer
-from pylo.optim.sharded import is_dtensor, local_state, local_tensor
+from pylo.optim.sharded import is_dtensor, local_views
 from pylo.spec.shapes import KERNEL_LAYOUTS
 
 
@@ -85,13 +85,11 @@ class AdafacOptimizer(LearnedOptimizer):
         """DTensor parameters, each rank its own shard, with the statistics over a split axis all-reduced
         (the same sequence of collectives on every rank): the fused engine where the group's backend is
         fused or Triton, else the naive one."""
-        local = [local_tensor(p) for p in params]
+        local, states = local_views(params, [self.state[p] for p in params])
         device = local[0].device
         network = self.network_on(device)
         chosen = resolve_backend(group["backend"], device, ENGINES["triton"].unsupported(network))
-        adafaclo(local, grads, [local_state(self.state[p]) for p in params], network=network,
-                 decays=self._decay_tensors(group, device), lr=group["lr"], exp_mult=group["exp_mult"],
-                 step_mult=self._step_mult(group), weight_decay=group["weight_decay"],
-                 kernel_layout=group["kernel_layout"], backend="fused" if chosen in ("fused", "triton") else "naive",
-                 workspaces=self._workspaces, chunk_size=group["chunk_size"],
-                 splits=[self._split_for(group, p) for p in params])
+        adafaclo(local, grads, states, network=network, decays=self._decay_tensors(group, device), lr=group["lr"],
+                 exp_mult=group["exp_mult"], step_mult=self._step_mult(group), weight_decay=group["weight_decay"],
+                 kernel_layout=group["kernel_layout"], backend=shard_backend(chosen), workspaces=self._workspaces,
+                 chunk_size=group["chunk_size"], splits=[self._split_for(group, p) for p in params])

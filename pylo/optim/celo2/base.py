@@ -13,13 +13,13 @@ import torch
 
 from pylo.core.decays import DECAY_KINDS, DecayTensors, checked_decays
 from pylo.models.loading import NetworkSpec, load_network
-from pylo.optim.backend import TORCH_DEFAULT, backend_options, resolve_backend
+from pylo.optim.backend import TORCH_DEFAULT, backend_options, resolve_backend, shard_backend
 from pylo.optim.base import LearnedOptimizer, check_number
 from pylo.optim.celo2.constants import EMBED_MARKER
 from pylo.optim.celo2.functional import celo2
 from pylo.optim.celo2.settings import Settings
 from pylo.optim.celo2.triton import TritonEngine
-from pylo.optim.sharded import is_dtensor, local_state, local_tensor
+from pylo.optim.sharded import is_dtensor, local_views
 from pylo.spec.features import hyper_group_widths
 from pylo.spec.shapes import KERNEL_LAYOUTS
 
@@ -163,9 +163,8 @@ class Celo2Base(LearnedOptimizer):
         backend is fused or Triton, else on the naive one."""
         backend, splits = self.backend_for(group, device), None
         if sharded:
-            backend = "fused" if backend in ("fused", "triton") else "naive"
-            splits = [self._split_for(group, p) for p in params]
-            params, states = [local_tensor(p) for p in params], [local_state(st) for st in states]
+            backend, splits = shard_backend(backend), [self._split_for(group, p) for p in params]
+            params, states = local_views(params, states)
         celo2(params, grads, states, mask, network=self.network_on(device),
               decays=self._decays.of_group(group, device), settings=self._settings(group), backend=backend,
               workspaces=self._workspaces, splits=splits)

@@ -11,7 +11,7 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from pylo.optim.backend import engine_table
+from pylo.optim.backend import check_shard_backend, engine_table
 from pylo.optim.celo2.foreach import ForeachEngine
 from pylo.optim.celo2.fused import FusedEngine
 from pylo.optim.celo2.naive import NaiveEngine
@@ -35,8 +35,7 @@ def celo2(params: List[torch.Tensor], grads: List[torch.Tensor], states: List[Di
     """
     if backend not in ENGINES:
         raise ValueError(f"backend must be one of {tuple(ENGINES)}, got {backend!r}")
-    if splits is not None and backend not in ("naive", "fused"):
-        raise ValueError(f"sharded tensors (splits) step on the naive or fused backend, not {backend!r}")
+    check_shard_backend(backend, splits)
     by_id = {id(p): s for p, s in zip(params, splits or ()) if s is not None}
     engine = ENGINES[backend](settings, network, decays, workspaces, by_id)
 

@@ -12,9 +12,8 @@ from typing import Dict, Sequence
 
 import torch
 
-from pylo.core import accumulators as acc
-from pylo.core.layout import to_work
-from pylo.optim.sharded import hold_as_dtensors, is_dtensor, like_param, local_split, local_tensor
+from pylo.optim.sharded import init_accumulators as init_shared_accumulators
+from pylo.optim.sharded import like_param, local_tensor
 
 
 def _init_step(state: Dict, device) -> None:
@@ -25,14 +24,9 @@ def _init_step(state: Dict, device) -> None:
 def init_accumulators(state: Dict, p: torch.Tensor, kernel_layout: str, decays: Sequence[torch.Tensor]) -> None:
     """Upstream's momentum / RMS / Adafactor state (plus a step count) of parameter ``p`` in its work layout;
     of a DTensor parameter, this rank's part held as DTensors (:mod:`pylo.optim.sharded`)."""
-    local = local_tensor(p)
     if "mom" not in state:
-        pw = to_work(local, kernel_layout)
-        split = local_split(p, kernel_layout) if is_dtensor(p) else None
-        acc.AccumulatorSet.init(state, pw.shape, *(d.numel() for d in decays), pw.device, split)
-        if is_dtensor(p):
-            hold_as_dtensors(state, p, acc.AccumulatorSet.splits(pw.shape, split), acc.AccumulatorSet.KEYS)
-    _init_step(state, local.device)
+        init_shared_accumulators(state, p, kernel_layout, [d.numel() for d in decays])
+    _init_step(state, local_tensor(p).device)
 
 
 def init_adamw(state: Dict, p: torch.Tensor) -> None:

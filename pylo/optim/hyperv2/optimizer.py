@@ -34,17 +34,16 @@ from pylo.core import accumulators as acc
 from pylo.core.chunked import DEFAULT_CHUNK
 from pylo.core.clipping import clip_by_global_norm
 from pylo.core.features import fractional_tanh_embedding
-from pylo.core.layout import to_work
 from pylo.models.hyper_network import HyperNetwork
-from pylo.optim.backend import TORCH_DEFAULT, backend_options, resolve_backend
+from pylo.optim.backend import TORCH_DEFAULT, backend_options, resolve_backend, shard_backend
 from pylo.optim.base import LearnedOptimizer, check_number
 from pylo.optim.hyperv2 import loss_buffer, prefab
 from pylo.optim.hyperv2.constants import GLOBAL_STATE_KEY, WEIGHT_DECAY_MODES
 from pylo.optim.hyperv2.controller import Controller, LSTMInputs
 from pylo.optim.hyperv2.functional import ENGINES, Part, hyperv2
 from pylo.optim.hyperv2.settings import EngineSettings
-from pylo.optim.hyperv2.state import effective_decays, init_global_state, init_param_state, init_sharded_state
-from pylo.optim.sharded import is_dtensor, local_state, local_tensor
+from pylo.optim.hyperv2.state import effective_decays, init_global_state, init_param_state
+from pylo.optim.sharded import is_dtensor, local_views
 from pylo.spec.features import hyper_group_widths
 from pylo.spec.shapes import KERNEL_LAYOUTS
 
@@ -234,10 +233,7 @@ class HyperV2Optimizer(LearnedOptimizer):
             state = self.state[p]
             if "mom" not in state:
                 counts = tuple(len(group[f"{k}_decays"]) for k in DECAY_KINDS)
-                if is_dtensor(p):
-                    init_sharded_state(state, p, self._split_for(group, p), group["kernel_layout"], counts, rnn)
-                else:
-                    init_param_state(state, to_work(p, group["kernel_layout"]), counts, rnn)
+                init_param_state(state, p, group["kernel_layout"], counts, rnn)
 
     def _backend_for(self, group, device: torch.device) -> str:
         choice = group["backend"]
@@ -269,11 +265,10 @@ class HyperV2Optimizer(LearnedOptimizer):
             group, params = items[idx[0]][0], [items[i][1] for i in idx]
             settings = self._settings(group, device, inputs)
             states = [self.state[p] for p in params]
-            if backend == "sharded":  # the fused engine where the group's is fused or Triton, else naive
-                chosen = self._backend_for(group, device)
-                backend = "fused" if chosen in ("fused", "triton") else "naive"
+            if backend == "sharded":
+                backend = shard_backend(self._backend_for(group, device))
                 settings.splits = [self._split_for(group, p) for p in params]
-                params, states = [local_tensor(p) for p in params], [local_state(st) for st in states]
+                params, states = local_views(params, states)
             parts.append(Part(backend, idx, params, [items[i][2] for i in idx], states, settings))
         return parts
 

@@ -17,12 +17,10 @@ from typing import Dict, List, Mapping, Optional, Sequence
 
 import torch
 
-from pylo.core import accumulators as acc
 from pylo.core.decays import learned_decays
 from pylo.optim.hyperv2 import loss_buffer
-from pylo.core.layout import to_work
 from pylo.optim.hyperv2.constants import GLOBAL_STATE_KEY
-from pylo.optim.sharded import hold_as_dtensors, local_tensor
+from pylo.optim.sharded import init_accumulators, local_tensor
 
 
 def effective_decays(initial: Sequence[float], offsets: Sequence[float]) -> List[float]:
@@ -38,25 +36,14 @@ def effective_decays(initial: Sequence[float], offsets: Sequence[float]) -> List
     return learned_decays(initial, offsets)
 
 
-def init_param_state(state: Dict, pw: torch.Tensor, decay_counts: Sequence[int], rnn) -> None:
-    """Zero accumulators shaped like the work-layout ``pw`` and the LSTM's learned initial state."""
-    acc.AccumulatorSet.init(state, pw.shape, *decay_counts, pw.device)
-    _init_lstm_state(state, pw.device, rnn)
-
-
-def _init_lstm_state(state: Dict, device, rnn) -> None:
+def init_param_state(state: Dict, p: torch.Tensor, kernel_layout: str, decay_counts: Sequence[int], rnn) -> None:
+    """Zero accumulators in ``p``'s work layout (of a DTensor parameter, this rank's part held as DTensors)
+    and the LSTM's learned initial state (plain tensors, the same on every rank)."""
+    init_accumulators(state, p, kernel_layout, decay_counts)
     hidden, cell = rnn.lstm_init_state
+    device = local_tensor(p).device
     state["lstm_hidden"] = hidden.detach()[0].to(device=device, dtype=torch.float32, copy=True)
     state["lstm_cell"] = cell.detach()[0].to(device=device, dtype=torch.float32, copy=True)
-
-
-def init_sharded_state(state: Dict, p, split, kernel_layout: str, decay_counts: Sequence[int], rnn) -> None:
-    """The state of a DTensor parameter stepped shard-wise: this rank's part of the accumulators, held as
-    DTensors on the parameter's mesh; the LSTM state, the same on every rank, as plain tensors."""
-    pw = to_work(local_tensor(p), kernel_layout)
-    acc.AccumulatorSet.init(state, pw.shape, *decay_counts, pw.device, split)
-    hold_as_dtensors(state, p, acc.AccumulatorSet.splits(pw.shape, split), acc.AccumulatorSet.KEYS)
-    _init_lstm_state(state, pw.device, rnn)
 
 
 def init_global_state(inner_steps: int, loss_horizon: int) -> Dict:
